@@ -36,3 +36,13 @@ def model_cache_dir() -> Path:
 def model_name() -> str:
     """The model to load when none is named: ``$LEGEND_MODEL`` or the bundled default."""
     return os.environ.get("LEGEND_MODEL") or DEFAULT_MODEL
+
+# Defaults of the command line and the app: the settings that measured best on held-out
+# HH-RLHF data (see EVALUATION.md). "best" picks the layer by held-out AUROC on the
+# contrastive set, so choosing it never looks at preference data.
+DEFAULT_TEMPLATE = "alpaca"
+DEFAULT_POOLING = "mean"
+DEFAULT_METHOD = "mean_diff"
+DEFAULT_LAYER = "best"
+DEFAULT_MAX_LENGTH = 512
+PAPER_REFUSAL = "I can’t answer that."

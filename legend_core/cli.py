@@ -1,0 +1,373 @@
+"""The ``legend`` command: batch work from the shell (``python -m legend_core`` works too)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from legend_core import config
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UserError(Exception):
+    """An error whose message is for the user as it is: no traceback."""
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A tqdm bar on stderr, handed out as a ``progress(done, total)`` callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="text", file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _load_model(args: argparse.Namespace, name: str | None = None):
+    from legend_core.models import ModelLoadError, load_model
+
+    try:
+        return load_model(
+            name or args.model,
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+            allow_download=args.allow_download or None,
+        )
+    except ModelLoadError as error:
+        raise UserError(str(error)) from error
+
+
+def _store(args: argparse.Namespace):
+    from legend_core.store import Store
+
+    return Store(args.db)
+
+
+# --- build-direction ---------------------------------------------------------------------
+
+
+def _read_contrast(args: argparse.Namespace):
+    from legend_core.formats import read_contrast_set
+
+    path = Path(args.contrast)
+    return read_contrast_set(path, format=args.contrast_format, refusal=args.refusal), path.name
+
+
+def quality_table(direction) -> str:
+    """The per-layer quality of a direction as a plain-text table; * marks its layer."""
+    rows = ["layer  accuracy  auroc  separation  stability  length_r2  paired_acc"]
+    for q in direction.quality:
+        mark = "*" if q.layer == direction.layer else " "
+        rows.append(
+            f"{q.layer:>4}{mark}  {q.accuracy:8.3f}  {q.auroc:5.3f}  {q.separation:10.2f}  "
+            f"{q.stability:9.3f}  {q.length_r2:9.3f}  {q.paired_accuracy:10.3f}"
+        )
+    return "\n".join(rows)
+
+
+def cmd_build_direction(args: argparse.Namespace) -> int:
+    from legend_core.directions import save_direction
+    from legend_core.encode import EncodeSettings
+    from legend_core.pipeline import build_direction
+
+    items, source = _read_contrast(args)
+    lm = _load_model(args)
+    layer: int | str = args.layer if args.layer == "best" else int(args.layer)
+    settings = EncodeSettings(args.template, args.pooling, args.max_length)
+    with progress_bar("encoding contrastive set") as progress:
+        result = build_direction(
+            lm,
+            items,
+            settings,
+            method=args.method,
+            layer=layer,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            name=args.name or Path(args.out).stem,
+            contrast_name=source,
+            progress=progress,
+        )
+    direction = result.direction
+    print(quality_table(direction))
+    q = direction.layer_quality
+    print(
+        f"\ndirection: model {lm.label}, layer {direction.layer}, {direction.pooling} pooling, "
+        f"{direction.template} template, {direction.method}; trained on {direction.n_train}, "
+        f"held out {direction.n_test}; held-out AUROC {q.auroc:.3f}, accuracy {q.accuracy:.3f}"
+    )
+    path = save_direction(direction, args.out)
+    print(f"saved {path} and {path.with_suffix('.json')}")
+    if args.db_save:
+        direction_id = _store(args).add_direction(direction)
+        print(f"stored as direction {direction_id}")
+    return 0
+
+
+# --- annotate ----------------------------------------------------------------------------
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from legend_core.directions import load_direction
+    from legend_core.margins import agreement
+
+    if bool(args.pairs) == bool(args.dataset):
+        raise UserError("give either --pairs FILE (with --out) or --dataset ID (stored data)")
+    if args.pairs:
+        if not args.out:
+            raise UserError("--pairs needs --out FILE.jsonl")
+        if not args.direction:
+            raise UserError("--pairs needs --direction PATH")
+        direction = load_direction(args.direction)
+        return _annotate_file(args, direction, agreement)
+    return _annotate_stored(args, agreement)
+
+
+def _annotate_file(args: argparse.Namespace, direction, agreement) -> int:
+    from legend_core.formats import read_pairs
+    from legend_core.pipeline import annotate_pairs
+
+    report = read_pairs(args.pairs, format=args.format)
+    for warning in report.warnings[:20]:
+        print(f"warning: {warning}", file=sys.stderr)
+    pairs = report.pairs[: args.limit] if args.limit else report.pairs
+    lm = _load_model(args, direction.model)
+    with progress_bar("encoding pairs") as progress:
+        values = annotate_pairs(lm, pairs, direction, progress=progress)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle:
+        for pair, margin in zip(pairs, values):
+            row = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected}
+            row["margin"] = float(margin)
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(
+        f"{len(pairs)} pairs ({report.format}) -> {out}; "
+        f"positive margin (agrees with the human label): {agreement(values):.1%}"
+    )
+    return 0
+
+
+def _annotate_stored(args: argparse.Namespace, agreement) -> int:
+    from legend_core.pipeline import annotate_dataset
+
+    store = _store(args)
+    if args.direction_id is None:
+        raise UserError("--dataset needs --direction-id ID (a stored direction)")
+    direction = store.get_direction(args.direction_id)
+    lm = _load_model(args, direction.model)
+    with progress_bar("annotating") as progress:
+        run_id = annotate_dataset(store, lm, args.dataset, args.direction_id, progress=progress)
+    frame = store.run_frame(run_id)
+    print(
+        f"run {run_id}: {len(frame)} pairs; positive margin: "
+        f"{agreement(frame['computed_margin'].to_numpy()):.1%}"
+    )
+    return 0
+
+
+# --- store commands ----------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    store = _store(args)
+    mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
+    if args.contrast:
+        from legend_core.formats import read_contrast_set
+
+        items = read_contrast_set(args.file, format=args.format, refusal=args.refusal)
+        set_id = store.add_contrast_set(args.name or Path(args.file).stem, items, source=args.file)
+        print(f"contrast set {set_id}: {len(items)} items")
+        return 0
+    dataset_id, report = store.import_file(
+        args.file, format=args.format, name=args.name, mapping=mapping
+    )
+    print(f"data set {dataset_id}: {len(report.pairs)} pairs ({report.format})")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.duplicates:
+        print(f"{len(report.duplicates)} duplicated pairs (first line, duplicate line):")
+        for first, again in report.duplicates[:20]:
+            print(f"  {first} = {again}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    print("data sets:")
+    for d in store.list_datasets():
+        print(f"  {d.id:>4}  {d.name}  ({d.n_pairs} pairs)")
+    print("directions:")
+    for d in store.list_directions():
+        print(f"  {d.id:>4}  {d.name}  {d.model} layer {d.layer} {d.pooling} {d.method}")
+    print("margin runs:")
+    for r in store.list_runs():
+        print(f"  {r.id:>4}  data set {r.dataset_id}, direction {r.direction_id}, {r.status}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.pair is None:
+        raise UserError("give --pair ID")
+    if args.action:
+        if not args.annotator:
+            raise UserError("--annotator NAME is required to add a review")
+        store.add_review(
+            args.pair, args.annotator, args.action, value=args.value, note=args.note or ""
+        )
+    for review in store.pair_history(args.pair):
+        value = "" if review.value is None else f" {review.value:+.4f}"
+        note = f"  ({review.note})" if review.note else ""
+        print(f"{review.created_at}  {review.annotator}  {review.action}{value}{note}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from legend_core.exports import export_dataset
+
+    store = _store(args)
+    margin_range = tuple(args.margin_range) if args.margin_range else None
+    manifest = export_dataset(
+        store,
+        args.run,
+        args.out,
+        format=args.format,
+        provenance=args.provenance,
+        reviewed_only=args.reviewed_only,
+        exclude_flagged=args.exclude_flagged,
+        margin_range=margin_range,
+        bins=args.bins,
+    )
+    print(f"{manifest['counts']['rows']} rows -> {args.out} (manifest beside it)")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, help="default, a local folder or a hub id")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    group.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
+    group.add_argument("--trust-remote-code", action="store_true", help="run the model's code")
+    group.add_argument("--allow-download", action="store_true", help="fetch a hub model")
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db", default=None, help=f"SQLAlchemy URL (default {config.database_url()})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from legend_core.directions import METHODS
+    from legend_core.encode import POOLINGS, TEMPLATES
+
+    parser = argparse.ArgumentParser(prog="legend", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build-direction", help="build a safety direction")
+    build.add_argument("--out", required=True, help="path for DIRECTION.safetensors/.json")
+    build.add_argument("--contrast", default=str(config.DEMO_CONTRAST), help="contrastive set")
+    build.add_argument("--contrast-format", default="auto", choices=["auto", "contrast", "advbench"])
+    build.add_argument(
+        "--refusal", default=None, help=f"the harmless response for AdvBench-style sets "
+        f"(the paper: {config.PAPER_REFUSAL!r})"
+    )
+    build.add_argument("--layer", default=config.DEFAULT_LAYER, help="an index or 'best'")
+    build.add_argument("--pooling", default=config.DEFAULT_POOLING, choices=POOLINGS)
+    build.add_argument("--template", default=config.DEFAULT_TEMPLATE, choices=TEMPLATES)
+    build.add_argument("--method", default=config.DEFAULT_METHOD, choices=METHODS)
+    build.add_argument("--max-length", type=int, default=config.DEFAULT_MAX_LENGTH)
+    build.add_argument("--test-fraction", type=float, default=0.25)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--name", default="")
+    build.add_argument("--db-save", action="store_true", help="also store it in the database")
+    _model_options(build)
+    _db_option(build)
+    build.set_defaults(handler=cmd_build_direction)
+
+    annotate = commands.add_parser("annotate", help="compute margins of preference pairs")
+    annotate.add_argument("--pairs", help="a preference file")
+    annotate.add_argument("--direction", help="a direction file (from build-direction)")
+    annotate.add_argument("--out", help="output JSONL (with --pairs)")
+    annotate.add_argument(
+        "--format", default="auto",
+        choices=["auto", "hh-rlhf", "pku", "trl", "trl-conversational", "generic"],
+    )
+    annotate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    annotate.add_argument("--dataset", type=int, help="a stored data set id (resumable)")
+    annotate.add_argument("--direction-id", type=int, help="a stored direction id")
+    _model_options(annotate)
+    _db_option(annotate)
+    annotate.set_defaults(handler=cmd_annotate)
+
+    imp = commands.add_parser("import", help="import a preference data set or contrastive set")
+    imp.add_argument("file")
+    imp.add_argument("--format", default="auto")
+    imp.add_argument("--name", default=None)
+    imp.add_argument("--map", nargs="*", help="column mapping, e.g. prompt=question")
+    imp.add_argument("--contrast", action="store_true", help="the file is a contrastive set")
+    imp.add_argument("--refusal", default=None, help="harmless response for AdvBench-style sets")
+    _db_option(imp)
+    imp.set_defaults(handler=cmd_import)
+
+    lst = commands.add_parser("list", help="list stored data sets, directions and runs")
+    _db_option(lst)
+    lst.set_defaults(handler=cmd_list)
+
+    review = commands.add_parser("review", help="list or add reviews of a pair")
+    review.add_argument("--pair", type=int)
+    review.add_argument("--action", choices=["accept", "override", "flip", "flag", "unflag"])
+    review.add_argument("--value", type=float, help="the margin, for override")
+    review.add_argument("--annotator")
+    review.add_argument("--note")
+    _db_option(review)
+    review.set_defaults(handler=cmd_review)
+
+    export = commands.add_parser("export", help="export a margin run for reward-model training")
+    export.add_argument("--run", type=int, required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["jsonl", "csv", "parquet"], default=None)
+    export.add_argument("--provenance", action="store_true")
+    export.add_argument("--reviewed-only", action="store_true")
+    export.add_argument("--exclude-flagged", action="store_true")
+    export.add_argument("--margin-range", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    export.add_argument("--bins", type=int, default=None, help="quantile-binned margins")
+    _db_option(export)
+    export.set_defaults(handler=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; user errors print one line and exit with status 2."""
+    args: Any = build_parser().parse_args(argv)
+    from legend_core.formats import FormatError
+
+    try:
+        return args.handler(args)
+    except (UserError, FormatError, FileNotFoundError, ValueError) as error:
+        print(f"legend: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

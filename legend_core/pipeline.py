@@ -1,0 +1,292 @@
+"""The Legend method end to end: contrastive set -> direction, preference pairs -> margins.
+
+This is where the model meets the maths: ``encode`` makes vectors, ``directions`` and
+``margins`` work on them, and (for stored data sets) ``store`` caches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from legend_core import directions as dirs
+from legend_core.directions import Direction, Method
+from legend_core.encode import EncodeSettings, Progress, encode
+from legend_core.margins import margins
+from legend_core.models import LoadedModel
+from legend_core.types import ContrastItem, PreferencePair
+
+if TYPE_CHECKING:
+    from legend_core.store import Store
+
+
+@dataclass
+class BuildResult:
+    """A direction plus what the app shows to judge it.
+
+    Attributes:
+        direction: The direction at the chosen layer, fitted on the training split only,
+            so its quality numbers are honest for exactly this vector.
+        train: Indices of the contrastive items used for fitting.
+        test: Indices held out for the quality numbers.
+        harmless: (n, d) embeddings of every harmless response at the chosen layer.
+        harmful: (n, d) embeddings of every harmful response at the chosen layer.
+        harmless_tokens: Response length in tokens of each harmless response.
+        harmful_tokens: Response length in tokens of each harmful response.
+    """
+
+    direction: Direction
+    train: np.ndarray
+    test: np.ndarray
+    harmless: np.ndarray
+    harmful: np.ndarray
+    harmless_tokens: np.ndarray
+    harmful_tokens: np.ndarray
+
+    def held_out_projections(self) -> tuple[np.ndarray, np.ndarray]:
+        """Projections of the held-out harmless and harmful responses on the direction."""
+        v = self.direction.vector
+        return self.harmless[self.test] @ v, self.harmful[self.test] @ v
+
+
+def build_direction(
+    lm: LoadedModel,
+    items: Sequence[ContrastItem],
+    settings: EncodeSettings | None = None,
+    method: Method = "mean_diff",
+    layer: int | str = "best",
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    name: str = "",
+    contrast_name: str = "",
+    progress: Progress | None = None,
+    **encode_options: Any,
+) -> BuildResult:
+    """Build a safety direction from a contrastive set and measure it on every layer.
+
+    Args:
+        lm: The model whose hidden states define the direction.
+        items: Contrastive items (instruction, harmful response, harmless response).
+        settings: Template, pooling and max_length.
+        method: ``mean_diff`` (the paper), ``pca`` or ``logistic``.
+        layer: A hidden-state index, or ``best`` for the best held-out AUROC.
+        test_fraction: Share of items held out (split by instruction).
+        seed: Seed of the split.
+        name: A name for the direction.
+        contrast_name: Where the contrastive set came from, kept as metadata.
+        progress: ``progress(done, total)`` during encoding.
+        **encode_options: Passed to :func:`legend_core.encode.encode` (batch sizes).
+    """
+    settings = settings or EncodeSettings()
+    if len(items) < 4:
+        raise ValueError(f"a contrastive set needs at least 4 items; this one has {len(items)}")
+    if layer != "best" and not (isinstance(layer, int) and 1 <= layer <= lm.num_layers):
+        raise ValueError(f"layer must be 'best' or an index in 1..{lm.num_layers}; got {layer!r}")
+
+    instructions = [item.instruction for item in items]
+    encoded = encode(
+        lm,
+        instructions * 2,
+        [item.harmless for item in items] + [item.harmful for item in items],
+        layers=range(1, lm.num_layers + 1),
+        settings=settings,
+        progress=progress,
+        **encode_options,
+    )
+    n = len(items)
+    tokens_harmless, tokens_harmful = encoded.n_response_tokens[:n], encoded.n_response_tokens[n:]
+    train, test = dirs.split_indices(n, test_fraction, seed)
+
+    fitted: dict[int, np.ndarray] = {}
+    quality = []
+    for k, vectors in encoded.vectors.items():
+        fitted[k], q = dirs.layer_quality(
+            k,
+            vectors[:n],
+            vectors[n:],
+            train,
+            test,
+            method,
+            tokens_harmless,
+            tokens_harmful,
+            seed=seed,
+        )
+        quality.append(q)
+    chosen = dirs.best_layer(quality) if layer == "best" else int(layer)
+
+    direction = Direction(
+        vector=fitted[chosen],
+        model=lm.name,
+        model_fingerprint=lm.fingerprint,
+        layer=chosen,
+        pooling=settings.pooling,
+        template=settings.template,
+        method=method,
+        max_length=settings.max_length,
+        name=name,
+        contrast_name=contrast_name,
+        n_train=len(train),
+        n_test=len(test),
+        seed=seed,
+        quality=quality,
+    )
+    return BuildResult(
+        direction=direction,
+        train=train,
+        test=test,
+        harmless=encoded.vectors[chosen][:n],
+        harmful=encoded.vectors[chosen][n:],
+        harmless_tokens=tokens_harmless,
+        harmful_tokens=tokens_harmful,
+    )
+
+
+def settings_of(direction: Direction) -> EncodeSettings:
+    """The encoder settings a direction was built with (margins must use the same)."""
+    return EncodeSettings(
+        template=direction.template,  # type: ignore[arg-type]
+        pooling=direction.pooling,  # type: ignore[arg-type]
+        max_length=direction.max_length,
+    )
+
+
+def check_compatible(lm: LoadedModel, direction: Direction) -> None:
+    """Refuse to project one model's hidden states on another model's direction."""
+    if direction.vector.shape[0] != lm.hidden_size or direction.layer > lm.num_layers:
+        raise ValueError(
+            f"direction {direction.name or ''} was built on {direction.model} "
+            f"(width {direction.vector.shape[0]}, layer {direction.layer}); "
+            f"the loaded model {lm.label} has width {lm.hidden_size} and {lm.num_layers} layers"
+        )
+    if direction.model_fingerprint and direction.model_fingerprint != lm.fingerprint:
+        raise ValueError(
+            f"direction was built on weights {direction.model_fingerprint}, "
+            f"but the loaded model's weights are {lm.fingerprint}"
+        )
+
+
+def pair_embeddings(
+    lm: LoadedModel,
+    pairs: Sequence[PreferencePair],
+    direction: Direction,
+    progress: Progress | None = None,
+    **encode_options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the chosen and rejected responses at the direction's layer."""
+    encoded = encode(
+        lm,
+        [p.prompt for p in pairs] * 2,
+        [p.chosen for p in pairs] + [p.rejected for p in pairs],
+        layers=[direction.layer],
+        settings=settings_of(direction),
+        progress=progress,
+        **encode_options,
+    )
+    vectors = encoded.vectors[direction.layer]
+    return vectors[: len(pairs)], vectors[len(pairs) :]
+
+
+def annotate_pairs(
+    lm: LoadedModel,
+    pairs: Sequence[PreferencePair],
+    direction: Direction,
+    progress: Progress | None = None,
+    **encode_options: Any,
+) -> np.ndarray:
+    """Margins of preference pairs on a direction, in input order."""
+    check_compatible(lm, direction)
+    chosen, rejected = pair_embeddings(lm, pairs, direction, progress, **encode_options)
+    return margins(chosen, rejected, direction.vector)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def annotate_dataset(
+    store: Store,
+    lm: LoadedModel,
+    dataset_id: int,
+    direction_id: int,
+    chunk_size: int = 256,
+    progress: Progress | None = None,
+    **encode_options: Any,
+) -> int:
+    """Compute (or finish computing) a stored data set's margins on a stored direction.
+
+    Resumable: margins are committed chunk by chunk, and a restarted run only computes
+    the pairs still missing. Embeddings come from the store's cache when the same texts
+    were already encoded with the same model and settings, so a second direction on the
+    same settings runs no forward pass at all.
+
+    Returns:
+        The margin run's id.
+    """
+    from legend_core.store import EmbeddingSpace, text_key
+
+    direction = store.get_direction(direction_id)
+    check_compatible(lm, direction)
+    settings = settings_of(direction)
+    space = EmbeddingSpace(
+        model=direction.model,
+        model_fingerprint=lm.fingerprint,
+        template=settings.template,
+        pooling=settings.pooling,
+        layer=direction.layer,
+        max_length=settings.max_length,
+    )
+    run_id = store.start_run(
+        dataset_id,
+        direction_id,
+        {
+            "model": direction.model,
+            "model_fingerprint": lm.fingerprint,
+            "layer": direction.layer,
+            "template": settings.template,
+            "pooling": settings.pooling,
+            "max_length": settings.max_length,
+        },
+    )
+    missing = store.pairs_missing_margins(run_id)
+    total, done = len(missing), 0
+    if progress:
+        progress(0, total)
+    for chunk in _chunks(missing, chunk_size):
+        keys_chosen = [text_key(p.prompt, p.chosen) for p in chunk]
+        keys_rejected = [text_key(p.prompt, p.rejected) for p in chunk]
+        cached = store.get_embeddings(space, keys_chosen + keys_rejected)
+
+        todo: dict[bytes, tuple[str, str]] = {}
+        for p, kc, kr in zip(chunk, keys_chosen, keys_rejected):
+            for key, response in ((kc, p.chosen), (kr, p.rejected)):
+                if key not in cached:
+                    todo[key] = (p.prompt, response)
+        if todo:
+            keys = list(todo)
+            encoded = encode(
+                lm,
+                [todo[k][0] for k in keys],
+                [todo[k][1] for k in keys],
+                layers=[direction.layer],
+                settings=settings,
+                **encode_options,
+            )
+            fresh = dict(zip(keys, encoded.vectors[direction.layer]))
+            store.put_embeddings(space, fresh)
+            # Margins use the stored (float16-rounded) vectors either way, so a resumed
+            # run gives exactly what an uninterrupted one gives.
+            cached.update(store.get_embeddings(space, keys))
+
+        chosen = np.stack([cached[k] for k in keys_chosen])
+        rejected = np.stack([cached[k] for k in keys_rejected])
+        values = margins(chosen, rejected, direction.vector)
+        store.add_margins(run_id, [p.id for p in chunk], values.tolist())
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    store.finish_run(run_id)
+    return run_id

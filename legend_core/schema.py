@@ -1,0 +1,235 @@
+"""The database schema: SQLAlchemy 2.x ORM models for everything that lasts.
+
+The tables are created and changed only by the Alembic migrations in
+``legend_core/migrations``; these models describe the schema at the head revision, and a
+test checks that the two agree. Nothing here is specific to one database: types are the
+portable ones (``JSON``, ``LargeBinary``, ``Double``) and times are stored as UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Review actions, in the order a user meets them.
+ACTIONS: tuple[str, ...] = ("accept", "override", "flip", "flag", "unflag")
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (microsecond resolution)."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back as an aware UTC datetime.
+
+    Databases without time zones (SQLite) store the UTC wall time; aware values are
+    converted to UTC before they are written, naive ones are taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value if dialect.supports_timezones else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all Legend tables."""
+
+
+class Dataset(Base):
+    """An imported preference data set."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    source: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(String(32), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    n_pairs: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Pair(Base):
+    """One preference pair of a data set; ``idx`` is its position in the imported file."""
+
+    __tablename__ = "pairs"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "idx", name="uq_pairs_dataset_idx"),
+        Index("ix_pairs_dataset_hash", "dataset_id", "content_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    chosen: Mapped[str] = mapped_column(Text)
+    rejected: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ContrastSet(Base):
+    """A contrastive set: harmful instructions with a harmful and a harmless response."""
+
+    __tablename__ = "contrast_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    source: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    n_items: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ContrastItemRow(Base):
+    """One item of a contrastive set, in input order."""
+
+    __tablename__ = "contrast_items"
+    __table_args__ = (UniqueConstraint("set_id", "idx", name="uq_contrast_items_set_idx"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    set_id: Mapped[int] = mapped_column(ForeignKey("contrast_sets.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)
+    instruction: Mapped[str] = mapped_column(Text)
+    harmful: Mapped[str] = mapped_column(Text)
+    harmless: Mapped[str] = mapped_column(Text)
+
+
+class DirectionRow(Base):
+    """A safety direction: the exact float32 vector and its full metadata."""
+
+    __tablename__ = "directions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    model: Mapped[str] = mapped_column(Text)
+    layer: Mapped[int] = mapped_column(Integer)
+    pooling: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(32))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MarginRun(Base):
+    """One annotation of a data set with a direction under some settings."""
+
+    __tablename__ = "margin_runs"
+    __table_args__ = (
+        UniqueConstraint(
+            "dataset_id", "direction_id", "settings_key", name="uq_margin_runs_settings"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(
+        ForeignKey("datasets.id", ondelete="CASCADE"), index=True
+    )
+    direction_id: Mapped[int] = mapped_column(
+        ForeignKey("directions.id", ondelete="CASCADE"), index=True
+    )
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    settings_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Margin(Base):
+    """The computed margin of one pair in one run (relative to the imported chosen)."""
+
+    __tablename__ = "margins"
+    __table_args__ = (
+        # The review queue walks this index in order: ORDER BY value, pair_id.
+        Index("ix_margins_run_value", "run_id", "value", "pair_id"),
+    )
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("margin_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    pair_id: Mapped[int] = mapped_column(
+        ForeignKey("pairs.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    value: Mapped[float] = mapped_column(Double)
+
+
+class Review(Base):
+    """An append-only review of a pair: who, when, which action, value and note."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('accept', 'override', 'flip', 'flag', 'unflag')",
+            name="ck_reviews_action",
+        ),
+        Index("ix_reviews_pair", "pair_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("margin_runs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    annotator: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EmbeddingSpaceRow(Base):
+    """Everything that changes an embedding except the text; ``key`` hashes the fields."""
+
+    __tablename__ = "embedding_spaces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(Text)
+    model_fingerprint: Mapped[str] = mapped_column(String(255))
+    template: Mapped[str] = mapped_column(Text)
+    pooling: Mapped[str] = mapped_column(String(32))
+    layer: Mapped[int] = mapped_column(Integer)
+    max_length: Mapped[int] = mapped_column(Integer)
+
+
+class Embedding(Base):
+    """A cached hidden state: ``key`` is :func:`legend_core.store.text_key` (32 bytes)."""
+
+    __tablename__ = "embeddings"
+
+    space_id: Mapped[int] = mapped_column(
+        ForeignKey("embedding_spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(8))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
