@@ -1,0 +1,120 @@
+"""The encoder on a tiny random Llama: pooling, padding, truncation, layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from legend_core.encode import (
+    ALPACA,
+    EncodeSettings,
+    decoder_blocks,
+    encode,
+    length_batches,
+    render_prompt,
+    tokenize,
+)
+
+PROMPTS = ["Tell me a joke", "How do I pick a lock on a door that is not mine?", "hi"]
+RESPONSES = ["Sure, here is one.", "I cannot help with that.", ""]
+
+
+def reference_states(lm, ids: list[int]) -> tuple:
+    """Hidden states of one unpadded text from transformers itself."""
+    with torch.no_grad():
+        return lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
+def test_batched_pooling_matches_unpadded_reference(tiny_lm, pooling):
+    settings = EncodeSettings(pooling=pooling)
+    encoded = encode(tiny_lm, PROMPTS, RESPONSES, settings=settings, batch_tokens=10_000)
+    tokens = tokenize(tiny_lm.tokenizer, PROMPTS, RESPONSES, settings)
+    assert len({len(t.ids) for t in tokens}) == 3, "texts must differ in length to test padding"
+    for i, t in enumerate(tokens):
+        states = reference_states(tiny_lm, t.ids)
+        assert len(states) == tiny_lm.num_layers + 1
+        for layer in range(tiny_lm.num_layers + 1):
+            h = states[layer][0]
+            if pooling == "last":
+                expected = h[-1]
+            elif pooling == "mean":
+                expected = h[t.response_start :].mean(0)
+            else:
+                expected = h.mean(0)
+            np.testing.assert_allclose(encoded.vectors[layer][i], expected.numpy(), atol=1e-5)
+
+
+def test_last_token_is_last_non_padding_token(tiny_lm):
+    settings = EncodeSettings(pooling="last")
+    together = encode(tiny_lm, PROMPTS, RESPONSES, layers=[2], settings=settings)
+    for i in range(len(PROMPTS)):
+        alone = encode(tiny_lm, [PROMPTS[i]], [RESPONSES[i]], layers=[2], settings=settings)
+        np.testing.assert_allclose(together.vectors[2][i], alone.vectors[2][0], atol=1e-5)
+
+
+def test_stopping_early_gives_the_same_states(tiny_lm):
+    full = encode(tiny_lm, PROMPTS, RESPONSES)
+    early = encode(tiny_lm, PROMPTS, RESPONSES, layers=[1])
+    assert list(early.vectors) == [1]
+    np.testing.assert_array_equal(full.vectors[1], early.vectors[1])
+
+
+def test_truncation_cuts_prompt_from_the_left_and_keeps_response_end(tiny_lm):
+    tok = tiny_lm.tokenizer
+    prompt = "the quick brown fox " * 40
+    response = "I cannot help with that. Sorry, no."
+    settings = EncodeSettings(template="plain", max_length=30)
+    (t,) = tokenize(tok, [prompt], [response], settings)
+    assert len(t.ids) == 30
+    full_response = tok("\n" + response, add_special_tokens=False)["input_ids"]
+    assert t.ids[t.response_start :] == full_response
+    full_prompt = tok(prompt)["input_ids"]
+    assert t.ids[: t.response_start] == full_prompt[-t.response_start :]
+
+
+def test_truncation_of_a_response_longer_than_the_budget_keeps_its_end(tiny_lm):
+    tok = tiny_lm.tokenizer
+    response = "Sure, here is how you could do it. " * 20
+    (t,) = tokenize(tok, ["x"], [response], EncodeSettings(template="plain", max_length=16))
+    full_response = tok("\n" + response, add_special_tokens=False)["input_ids"]
+    assert len(t.ids) == 16 and t.response_start == 0
+    assert t.ids == full_response[-16:]
+
+
+def test_templates(tiny_lm):
+    tok = tiny_lm.tokenizer
+    assert render_prompt(tok, "do X", "alpaca") == ALPACA.format(input="do X")
+    chat = render_prompt(tok, "do X", "chat")
+    assert chat.startswith("<|im_start|>user\ndo X") and chat.endswith("<|im_start|>assistant\n")
+    assert render_prompt(tok, "do X", "plain") == "do X"
+
+
+def test_progress_and_order(tiny_lm):
+    seen = []
+    prompts = [f"prompt {'x ' * i}" for i in range(9)]
+    encoded = encode(
+        tiny_lm, prompts, ["ok"] * 9, layers=[3], batch_tokens=64, max_batch=4,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen[-1] == (9, 9) and len(seen) >= 3
+    alone = encode(tiny_lm, prompts[4:5], ["ok"], layers=[3])
+    np.testing.assert_allclose(encoded.vectors[3][4], alone.vectors[3][0], atol=1e-5)
+
+
+def test_length_batches_respect_budget_and_cover_everything():
+    lengths = [5, 50, 7, 49, 3, 20, 21, 2]
+    batches = length_batches(lengths, batch_tokens=60, max_batch=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 60
+
+
+def test_bad_settings_and_layers(tiny_lm):
+    with pytest.raises(ValueError, match="pooling"):
+        EncodeSettings(pooling="max")
+    with pytest.raises(ValueError, match="layers"):
+        encode(tiny_lm, ["a"], ["b"], layers=[99])
+    assert len(decoder_blocks(tiny_lm.model)) == tiny_lm.num_layers
