@@ -257,6 +257,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    store = _store(args)
+    print(f"database ready: {store.url}")
+    if not args.no_model:
+        lm = _load_model(args)
+        print(f"model ready: {lm.label} ({lm.num_layers} layers, width {lm.hidden_size})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from legend_core.demo import load_demo
+
+    store = _store(args)
+    lm = None if args.data_only else _load_model(args)
+    with progress_bar("demo") as progress:
+        ids = load_demo(store, lm, progress=progress)
+    print(
+        f"demo ready: data set {ids.dataset_id}, contrastive set {ids.contrast_set_id}"
+        + (f", direction {ids.direction_id}, margin run {ids.run_id}" if lm else "")
+    )
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -283,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="legend", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    setup = commands.add_parser("setup", help="create or upgrade the database; ready the model")
+    setup.add_argument("--no-model", action="store_true", help="skip the model")
+    _model_options(setup)
+    _db_option(setup)
+    setup.set_defaults(handler=cmd_setup)
+
+    demo = commands.add_parser("demo", help="load the demo data (and its direction and margins)")
+    demo.add_argument("--data-only", action="store_true", help="import data only, no model")
+    _model_options(demo)
+    _db_option(demo)
+    demo.set_defaults(handler=cmd_demo)
 
     build = commands.add_parser("build-direction", help="build a safety direction")
     build.add_argument("--out", required=True, help="path for DIRECTION.safetensors/.json")

@@ -1,0 +1,19 @@
+# The two commands of the README, plus benchmarks. Each sets up what it needs first.
+.PHONY: run test bench lint
+
+run:
+	scripts/setup.sh
+	.venv/bin/legend demo
+	.venv/bin/streamlit run app.py
+
+test:
+	scripts/setup.sh --test
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q
+
+bench:
+	scripts/setup.sh
+	.venv/bin/python -m bench
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
