@@ -1,3 +1,3 @@
-"""Legend Studio's library: safety directions in hidden states and safety margins for preference data."""
+"""Legend Studio's library: safety directions in hidden states, safety margins for pairs."""
 
 __version__ = "0.1.0"

@@ -322,10 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-direction", help="build a safety direction")
     build.add_argument("--out", required=True, help="path for DIRECTION.safetensors/.json")
     build.add_argument("--contrast", default=str(config.DEMO_CONTRAST), help="contrastive set")
-    build.add_argument("--contrast-format", default="auto", choices=["auto", "contrast", "advbench"])
     build.add_argument(
-        "--refusal", default=None, help=f"the harmless response for AdvBench-style sets "
-        f"(the paper: {config.PAPER_REFUSAL!r})"
+        "--contrast-format", default="auto", choices=["auto", "contrast", "advbench"]
+    )
+    build.add_argument(
+        "--refusal",
+        default=None,
+        help=f"the harmless response for AdvBench-style sets (the paper: {config.PAPER_REFUSAL!r})",
     )
     build.add_argument("--layer", default=config.DEFAULT_LAYER, help="an index or 'best'")
     build.add_argument("--pooling", default=config.DEFAULT_POOLING, choices=POOLINGS)
@@ -345,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--direction", help="a direction file (from build-direction)")
     annotate.add_argument("--out", help="output JSONL (with --pairs)")
     annotate.add_argument(
-        "--format", default="auto",
+        "--format",
+        default="auto",
         choices=["auto", "hh-rlhf", "pku", "trl", "trl-conversational", "generic"],
     )
     annotate.add_argument("--limit", type=int, default=None, help="only the first N pairs")

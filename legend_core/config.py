@@ -30,12 +30,15 @@ def model_cache_dir() -> Path:
     env = os.environ.get("LEGEND_MODEL_CACHE")
     if env:
         return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "legend-studio" / "models"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "legend-studio" / "models"
+    )
 
 
 def model_name() -> str:
     """The model to load when none is named: ``$LEGEND_MODEL`` or the bundled default."""
     return os.environ.get("LEGEND_MODEL") or DEFAULT_MODEL
+
 
 # Defaults of the command line and the app: the settings that measured best on held-out
 # HH-RLHF data (see EVALUATION.md). "best" picks the layer by held-out AUROC on the

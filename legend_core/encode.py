@@ -172,6 +172,66 @@ def _pool(hidden: Any, masks: dict[str, Any], pooling: Pooling) -> Any:
     return total / mask.sum(1).clamp(min=1).float()
 
 
+def _prepare(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    n_layers = lm.num_layers
+    wanted = sorted(set(range(n_layers + 1) if layers is None else layers))
+    if not wanted or wanted[0] < 0 or wanted[-1] > n_layers:
+        shown = "all" if layers is None else list(layers)
+        raise ValueError(f"layers must lie in 0..{n_layers} for this model; got {shown}")
+    return wanted
+
+
+class _Capture:
+    """Forward hooks that hand each asked-for layer's hidden states to a callback.
+
+    ``on_layer(layer, hidden)`` is called for every wanted layer below the last; the
+    final layer (after the model's norm) comes from the model's output. Once the deepest
+    wanted layer is seen the forward pass is stopped.
+    """
+
+    def __init__(self, lm: LoadedModel, wanted: list[int]) -> None:
+        self.wanted = wanted
+        self.deepest = wanted[-1]
+        self.on_layer: Callable[[int, Any], None] = lambda layer, hidden: None
+        self._hooks = []
+        blocks = decoder_blocks(lm.model)
+        if 0 in wanted:
+            self._hooks.append(
+                blocks[0].register_forward_pre_hook(
+                    lambda _m, args, kwargs: self._seen(
+                        0, args[0] if args else kwargs["hidden_states"]
+                    ),
+                    with_kwargs=True,
+                )
+            )
+        for k in range(1, min(self.deepest, lm.num_layers - 1) + 1):
+            self._hooks.append(
+                blocks[k - 1].register_forward_hook(
+                    lambda _m, _a, output, k=k: self._seen(
+                        k, output[0] if isinstance(output, tuple) else output
+                    )
+                )
+            )
+
+    def _seen(self, layer: int, hidden: Any) -> None:
+        if layer in self.wanted:
+            self.on_layer(layer, hidden)
+        if layer == self.deepest:
+            raise _Stop
+
+    def run(self, lm: LoadedModel, final_layer: int, **inputs: Any) -> None:
+        """One forward pass; the final hidden state counts as layer ``final_layer``."""
+        try:
+            result = lm.model(**inputs)
+            self._seen(final_layer, result.last_hidden_state)
+        except _Stop:
+            pass
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
 def encode(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -197,11 +257,7 @@ def encode(
     import torch
 
     settings = settings or EncodeSettings()
-    n_layers = lm.num_layers
-    wanted = sorted(set(range(n_layers + 1) if layers is None else layers))
-    if not wanted or wanted[0] < 0 or wanted[-1] > n_layers:
-        raise ValueError(f"layers must lie in 0..{n_layers} for this model; got {list(layers)}")
-
+    wanted = _prepare(lm, layers)
     tokens = tokenize(lm.tokenizer, prompts, responses, settings)
     n = len(tokens)
     out = {layer: np.zeros((n, lm.hidden_size), dtype=np.float32) for layer in wanted}
@@ -210,35 +266,8 @@ def encode(
     if n == 0:
         return Encoded(out, n_tokens, n_response)
 
-    blocks = decoder_blocks(lm.model)
     pad = lm.tokenizer.pad_token_id
-    state: dict[str, Any] = {}
-
-    def capture(layer: int, hidden: Any) -> None:
-        if layer in out:
-            rows = state["rows"]
-            out[layer][rows] = _pool(hidden, state["masks"], settings.pooling).cpu().numpy()
-        if layer == wanted[-1]:
-            raise _Stop
-
-    hooks = []
-    if 0 in out:
-        hooks.append(
-            blocks[0].register_forward_pre_hook(
-                lambda _m, args, kwargs: capture(0, args[0] if args else kwargs["hidden_states"]),
-                with_kwargs=True,
-            )
-        )
-    for k in range(1, n_layers):
-        if k <= wanted[-1]:
-            hooks.append(
-                blocks[k - 1].register_forward_hook(
-                    lambda _m, _a, output, k=k: capture(
-                        k, output[0] if isinstance(output, tuple) else output
-                    )
-                )
-            )
-
+    capture = _Capture(lm, wanted)
     done = 0
     try:
         with torch.inference_mode():
@@ -254,23 +283,181 @@ def encode(
                     # An empty response has no tokens to average: fall back to the last one.
                     response[j, min(t.response_start, len(t.ids) - 1) : len(t.ids)] = True
                 device = lm.device
-                state["rows"] = np.asarray(rows)
-                state["masks"] = {
+                masks = {
                     "last": torch.as_tensor(n_tokens[rows] - 1, device=device),
                     "response": response.to(device),
                     "all": attention.to(device),
                 }
-                try:
-                    result = lm.model(
-                        input_ids=ids.to(device), attention_mask=attention.to(device), use_cache=False
-                    )
-                    capture(n_layers, result.last_hidden_state)
-                except _Stop:
-                    pass
+
+                def store(layer: int, hidden: Any, rows: list[int] = rows, masks=masks) -> None:
+                    out[layer][rows] = _pool(hidden, masks, settings.pooling).cpu().numpy()
+
+                capture.on_layer = store
+                capture.run(
+                    lm,
+                    lm.num_layers,
+                    input_ids=ids.to(device),
+                    attention_mask=attention.to(device),
+                    use_cache=False,
+                )
                 done += len(rows)
                 if progress:
                     progress(done, n)
     finally:
-        for hook in hooks:
-            hook.remove()
+        capture.remove()
     return Encoded(out, n_tokens, n_response)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a[:limit], b[:limit]):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_pairs(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    layers: Sequence[int] | None = None,
+    settings: EncodeSettings | None = None,
+    batch_tokens: int = 8192,
+    max_batch: int = 32,
+    progress: Progress | None = None,
+) -> tuple[Encoded, Encoded]:
+    """Hidden states of both responses of each pair, running each prompt only once.
+
+    The prompt (the longer part in real preference data) goes through the model once; its
+    key/value cache is then shared by the two continuations. Results equal
+    ``encode(prompts, chosen)`` and ``encode(prompts, rejected)`` up to float rounding.
+
+    Returns:
+        The chosen responses' and the rejected responses' encodings.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    settings = settings or EncodeSettings()
+    wanted = _prepare(lm, layers)
+    tok_c = tokenize(lm.tokenizer, prompts, chosen, settings)
+    tok_r = tokenize(lm.tokenizer, prompts, rejected, settings)
+    n = len(prompts)
+    outs = [{k: np.zeros((n, lm.hidden_size), dtype=np.float32) for k in wanted} for _ in "cr"]
+    encoded = []
+    for tokens, out in zip((tok_c, tok_r), outs):
+        n_tokens = np.array([len(t.ids) for t in tokens], dtype=np.int64)
+        n_resp = np.array([len(t.ids) - t.response_start for t in tokens], dtype=np.int64)
+        encoded.append(Encoded(out, n_tokens, n_resp))
+    if n == 0:
+        return encoded[0], encoded[1]
+
+    # Shared prefix per pair: the common tokens before either response starts, leaving
+    # each continuation at least one token.
+    shared = [
+        _common_prefix(
+            c.ids, r.ids, min(c.response_start, r.response_start, len(c.ids) - 1, len(r.ids) - 1)
+        )
+        for c, r in zip(tok_c, tok_r)
+    ]
+    rest = [max(len(c.ids), len(r.ids)) - s for c, r, s in zip(tok_c, tok_r, shared)]
+    cost = [s + 2 * r for s, r in zip(shared, rest)]
+    pad = lm.tokenizer.pad_token_id
+    device = lm.device
+    capture = _Capture(lm, wanted)
+    done = 0
+    try:
+        with torch.inference_mode():
+            for rows in length_batches(cost, batch_tokens, max_batch):
+                b = len(rows)
+                p_width = max(1, max(shared[i] for i in rows))
+                c_width = max(rest[i] for i in rows)
+                # Prompts padded on the left, so every continuation starts at one column.
+                p_ids = torch.full((b, p_width), pad, dtype=torch.long)
+                p_mask = torch.zeros((b, p_width), dtype=torch.long)
+                c_ids = torch.full((2 * b, c_width), pad, dtype=torch.long)
+                c_mask = torch.zeros((2 * b, c_width), dtype=torch.long)
+                c_resp = torch.zeros((2 * b, c_width), dtype=torch.bool)
+                c_last = torch.zeros(2 * b, dtype=torch.long)
+                for j, i in enumerate(rows):
+                    s = shared[i]
+                    if s:
+                        p_ids[j, p_width - s :] = torch.tensor(tok_c[i].ids[:s])
+                        p_mask[j, p_width - s :] = 1
+                    for side, t in enumerate((tok_c[i], tok_r[i])):
+                        row, tail = 2 * j + side, t.ids[s:]
+                        c_ids[row, : len(tail)] = torch.tensor(tail)
+                        c_mask[row, : len(tail)] = 1
+                        c_resp[row, min(t.response_start - s, len(tail) - 1) : len(tail)] = True
+                        c_last[row] = len(tail) - 1
+                prompt_len = p_mask.sum(1)
+                prompt_sums: dict[int, Any] = {}
+                p_mask_device = p_mask.to(device)
+
+                def keep_prompt(
+                    layer: int, hidden: Any, sums=prompt_sums, mask=p_mask_device
+                ) -> None:
+                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    sums[layer] = (hidden * weights).sum(1, dtype=torch.float32)
+
+                cache = DynamicCache(config=lm.model.config)
+                capture.on_layer = keep_prompt if settings.pooling == "mean_all" else _ignore
+                capture.run(
+                    lm,
+                    lm.num_layers,
+                    input_ids=p_ids.to(device),
+                    attention_mask=p_mask.to(device),
+                    position_ids=(prompt_len.view(-1, 1) - p_width + torch.arange(p_width))
+                    .clamp(min=0)
+                    .to(device),
+                    cache=cache,
+                    use_cache=True,
+                )
+                cache.batch_repeat_interleave(2)
+                masks = {
+                    "last": c_last.to(device),
+                    "response": c_resp.to(device),
+                    "all": c_mask.to(device),
+                }
+                counts = (prompt_len.repeat_interleave(2) + c_mask.sum(1)).float().to(device)
+
+                def store(
+                    layer: int, hidden: Any, rows=rows, masks=masks, counts=counts, sums=prompt_sums
+                ) -> None:
+                    if settings.pooling == "mean_all":
+                        weights = masks["all"].unsqueeze(-1).to(hidden.dtype)
+                        summed = (hidden * weights).sum(1, dtype=torch.float32)
+                        summed += sums[layer].repeat_interleave(2, dim=0)
+                        pooled = summed / counts.unsqueeze(-1)
+                    else:
+                        pooled = _pool(hidden, masks, settings.pooling)
+                    pooled = pooled.cpu().numpy()
+                    outs[0][layer][rows] = pooled[0::2]
+                    outs[1][layer][rows] = pooled[1::2]
+
+                capture.on_layer = store
+                capture.run(
+                    lm,
+                    lm.num_layers,
+                    input_ids=c_ids.to(device),
+                    attention_mask=torch.cat(
+                        [p_mask.repeat_interleave(2, dim=0), c_mask], dim=1
+                    ).to(device),
+                    position_ids=(
+                        prompt_len.repeat_interleave(2).view(-1, 1) + torch.arange(c_width)
+                    ).to(device),
+                    cache=cache,
+                    use_cache=True,
+                )
+                done += b
+                if progress:
+                    progress(done, n)
+    finally:
+        capture.remove()
+    return encoded[0], encoded[1]
+
+
+def _ignore(layer: int, hidden: Any) -> None:
+    """A capture callback for passes whose states are not needed (only their cache is)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from legend_core import directions as dirs
 from legend_core.directions import Direction, Method
-from legend_core.encode import EncodeSettings, Progress, encode
+from legend_core.encode import EncodeSettings, Progress, encode, encode_pairs
 from legend_core.margins import margins
 from legend_core.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
@@ -176,17 +176,17 @@ def pair_embeddings(
     **encode_options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of the chosen and rejected responses at the direction's layer."""
-    encoded = encode(
+    chosen, rejected = encode_pairs(
         lm,
-        [p.prompt for p in pairs] * 2,
-        [p.chosen for p in pairs] + [p.rejected for p in pairs],
+        [p.prompt for p in pairs],
+        [p.chosen for p in pairs],
+        [p.rejected for p in pairs],
         layers=[direction.layer],
         settings=settings_of(direction),
         progress=progress,
         **encode_options,
     )
-    vectors = encoded.vectors[direction.layer]
-    return vectors[: len(pairs)], vectors[len(pairs) :]
+    return chosen.vectors[direction.layer], rejected.vectors[direction.layer]
 
 
 def annotate_pairs(
@@ -260,26 +260,32 @@ def annotate_dataset(
         keys_rejected = [text_key(p.prompt, p.rejected) for p in chunk]
         cached = store.get_embeddings(space, keys_chosen + keys_rejected)
 
-        todo: dict[bytes, tuple[str, str]] = {}
-        for p, kc, kr in zip(chunk, keys_chosen, keys_rejected):
-            for key, response in ((kc, p.chosen), (kr, p.rejected)):
-                if key not in cached:
-                    todo[key] = (p.prompt, response)
+        todo = [
+            (p, kc, kr)
+            for p, kc, kr in zip(chunk, keys_chosen, keys_rejected)
+            if kc not in cached or kr not in cached
+        ]
         if todo:
-            keys = list(todo)
-            encoded = encode(
+            # Both sides of a pair are encoded together so the prompt runs once; a side
+            # already cached is simply overwritten by the same vector's twin.
+            enc_c, enc_r = encode_pairs(
                 lm,
-                [todo[k][0] for k in keys],
-                [todo[k][1] for k in keys],
+                [p.prompt for p, _, _ in todo],
+                [p.chosen for p, _, _ in todo],
+                [p.rejected for p, _, _ in todo],
                 layers=[direction.layer],
                 settings=settings,
                 **encode_options,
             )
-            fresh = dict(zip(keys, encoded.vectors[direction.layer]))
-            store.put_embeddings(space, fresh)
+            fresh: dict[bytes, np.ndarray] = {}
+            for j, (_, kc, kr) in enumerate(todo):
+                fresh.setdefault(kc, enc_c.vectors[direction.layer][j])
+                fresh.setdefault(kr, enc_r.vectors[direction.layer][j])
+            new = {k: v for k, v in fresh.items() if k not in cached}
+            store.put_embeddings(space, new)
             # Margins use the stored (float16-rounded) vectors either way, so a resumed
             # run gives exactly what an uninterrupted one gives.
-            cached.update(store.get_embeddings(space, keys))
+            cached.update(store.get_embeddings(space, list(new)))
 
         chosen = np.stack([cached[k] for k in keys_chosen])
         rejected = np.stack([cached[k] for k in keys_rejected])

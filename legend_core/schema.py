@@ -40,8 +40,8 @@ def utcnow() -> datetime:
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC and always read back as an aware UTC datetime.
 
-    Databases without time zones (SQLite) store the UTC wall time; aware values are
-    converted to UTC before they are written, naive ones are taken to be UTC already.
+    Aware values are converted to UTC before they are written; naive ones are taken to be
+    UTC already. Databases without time zones (SQLite) keep the UTC wall time.
     """
 
     impl = DateTime(timezone=True)
@@ -52,8 +52,9 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
-        return value if dialect.supports_timezones else value.replace(tzinfo=None)
+        # Aware UTC everywhere: databases with time zones keep the instant, SQLite's
+        # DATETIME writes the UTC wall time and ignores tzinfo.
+        return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:

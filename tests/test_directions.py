@@ -59,9 +59,7 @@ def test_layer_quality_on_a_separable_and_a_random_layer():
 
     noise = np.random.default_rng(2).normal(size=harmless.shape)
     _, bad = layer_quality(6, noise, harmful, train, test, "mean_diff")
-    _, random = layer_quality(
-        7, *synthetic(n=120, shift=0.0, seed=3)[:2], train, test, "mean_diff"
-    )
+    _, random = layer_quality(7, *synthetic(n=120, shift=0.0, seed=3)[:2], train, test, "mean_diff")
     assert random.auroc < 0.75 and random.stability < 0.7
     assert best_layer([good, random]) == 5
 
@@ -82,8 +80,15 @@ def test_length_check_flags_a_direction_that_measures_length():
 def test_save_load_round_trip_is_bit_identical(tmp_path):
     harmless, harmful, _ = synthetic()
     direction = Direction(
-        vector=fit(harmless, harmful), model="m", layer=3, pooling="mean", template="alpaca",
-        method="mean_diff", name="d", n_train=150, n_test=50,
+        vector=fit(harmless, harmful),
+        model="m",
+        layer=3,
+        pooling="mean",
+        template="alpaca",
+        method="mean_diff",
+        name="d",
+        n_train=150,
+        n_test=50,
         quality=[LayerQuality(3, 0.9, 0.95, 2.0, 0.97, 0.01, 0.96)],
     )
     path = save_direction(direction, tmp_path / "dir")

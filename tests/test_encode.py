@@ -95,7 +95,12 @@ def test_progress_and_order(tiny_lm):
     seen = []
     prompts = [f"prompt {'x ' * i}" for i in range(9)]
     encoded = encode(
-        tiny_lm, prompts, ["ok"] * 9, layers=[3], batch_tokens=64, max_batch=4,
+        tiny_lm,
+        prompts,
+        ["ok"] * 9,
+        layers=[3],
+        batch_tokens=64,
+        max_batch=4,
         progress=lambda done, total: seen.append((done, total)),
     )
     assert seen[-1] == (9, 9) and len(seen) >= 3
@@ -118,3 +123,24 @@ def test_bad_settings_and_layers(tiny_lm):
     with pytest.raises(ValueError, match="layers"):
         encode(tiny_lm, ["a"], ["b"], layers=[99])
     assert len(decoder_blocks(tiny_lm.model)) == tiny_lm.num_layers
+
+
+@pytest.mark.parametrize("template", ["alpaca", "chat", "plain"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
+@pytest.mark.parametrize("max_length", [512, 40])
+def test_shared_prompt_pass_equals_separate_passes(tiny_lm, template, pooling, max_length):
+    from legend_core.encode import encode_pairs
+
+    prompts = PROMPTS + ["x " * 100]
+    chosen = RESPONSES + ["ok fine"]
+    rejected = ["No.", "Sure thing, first you get a wrench, then the pins", "hello", "no " * 30]
+    settings = EncodeSettings(template=template, pooling=pooling, max_length=max_length)
+    c, r = encode_pairs(tiny_lm, prompts, chosen, rejected, settings=settings, batch_tokens=200)
+    alone_c = encode(tiny_lm, prompts, chosen, settings=settings)
+    alone_r = encode(tiny_lm, prompts, rejected, settings=settings)
+    for layer in range(tiny_lm.num_layers + 1):
+        np.testing.assert_allclose(c.vectors[layer], alone_c.vectors[layer], atol=1e-5)
+        np.testing.assert_allclose(r.vectors[layer], alone_r.vectors[layer], atol=1e-5)
+    np.testing.assert_array_equal(c.n_tokens, alone_c.n_tokens)
+    early_c, _ = encode_pairs(tiny_lm, prompts, chosen, rejected, layers=[1], settings=settings)
+    np.testing.assert_allclose(early_c.vectors[1], alone_c.vectors[1], atol=1e-5)

@@ -33,7 +33,10 @@ def test_scalings():
     np.testing.assert_array_equal(scale(x, "none"), x)
     np.testing.assert_array_equal(quantile_bins(np.arange(10.0), 5), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
     assert set(scale(np.random.default_rng(0).normal(size=1000), "quantile", bins=4)) == {
-        0.0, 1.0, 2.0, 3.0
+        0.0,
+        1.0,
+        2.0,
+        3.0,
     }
     with pytest.raises(ValueError):
         scale(x, "log")

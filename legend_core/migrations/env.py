@@ -10,6 +10,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
 from legend_core.config import database_url
 from legend_core.schema import Base
 

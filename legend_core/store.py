@@ -1,0 +1,1172 @@
+"""Everything that lasts, behind SQLAlchemy: data sets, directions, margin runs, reviews.
+
+``Store(url)`` opens any SQLAlchemy URL (a SQLite file by default, see
+:func:`legend_core.config.database_url`) and upgrades its schema to the newest Alembic
+revision; it never drops anything. The ORM models live in :mod:`legend_core.schema`.
+
+Review semantics, for a pair seen through a margin run:
+
+- *flip*, *flag* and *unflag* are facts about the pair and count in every run. The pair is
+  flipped after an odd number of flips (a second flip undoes the first); it is flagged when
+  the latest of its flag/unflag reviews is a flag.
+- *accept* and *override* judge one run's margin; they count in the run they name (a review
+  without a run counts in every run).
+- The effective margin is the latest counting override's value; else the computed margin,
+  negated when the pair is flipped. It is always relative to the *exported* chosen
+  response (exports swap chosen and rejected of flipped pairs), and an override is taken as
+  already relative to that orientation.
+- A pair is reviewed in a run when it has a counting review of any action.
+
+The only database-specific code is the marked SQLite section below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Engine,
+    Select,
+    and_,
+    create_engine,
+    delete,
+    distinct,
+    event,
+    exists,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from legend_core.config import database_url
+from legend_core.directions import Direction
+from legend_core.formats import json_safe
+from legend_core.schema import (
+    ACTIONS,
+    ContrastItemRow,
+    ContrastSet,
+    Dataset,
+    DirectionRow,
+    Embedding,
+    EmbeddingSpaceRow,
+    Margin,
+    MarginRun,
+    Pair,
+    Review,
+    utcnow,
+)
+from legend_core.types import ContrastItem, PreferencePair
+
+if TYPE_CHECKING:
+    from legend_core.formats import ImportReport
+
+T = TypeVar("T")
+
+#: Rows per bulk INSERT statement when adding a data set.
+INSERT_CHUNK = 2_000
+#: Values per ``IN (...)`` list: stays under SQLite's old 999-parameter limit.
+IN_CHUNK = 900
+#: Actions that are facts about the pair, whatever run they were made in.
+PAIR_ACTIONS = ("flip", "flag", "unflag")
+#: Largest magnitude float16 holds; larger vectors are cached as float32.
+FLOAT16_MAX = 65504.0
+#: Alembic's ``context`` and ``op`` are module globals: one migration per process at a time.
+_MIGRATION_LOCK = threading.Lock()
+
+
+class NotFoundError(KeyError):
+    """A row asked for by id does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+# --- records handed out ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """Everything that changes a cached vector except the text."""
+
+    model: str
+    model_fingerprint: str
+    template: str
+    pooling: str
+    layer: int
+    max_length: int
+
+    def key(self) -> str:
+        """A stable hex digest of all fields (the space's unique key in the database)."""
+        blob = json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def text_key(prompt: str, response: str) -> bytes:
+    """The 32-byte SHA-256 digest of ``prompt + "\\x1f" + response``: an embedding's key."""
+    return hashlib.sha256(f"{prompt}\x1f{response}".encode()).digest()
+
+
+def content_hash(prompt: str, chosen: str, rejected: str) -> str:
+    """Hex SHA-256 of a pair's three texts (finds duplicates across imports)."""
+    return hashlib.sha256(f"{prompt}\x1f{chosen}\x1f{rejected}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A data set with its counts, for listings."""
+
+    id: int
+    name: str
+    source: str
+    format: str
+    n_pairs: int
+    n_runs: int
+    n_reviewed: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ContrastSetInfo:
+    """A contrastive set, for listings."""
+
+    id: int
+    name: str
+    source: str
+    n_items: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DirectionInfo:
+    """A stored direction without its vector, for listings."""
+
+    id: int
+    name: str
+    model: str
+    layer: int
+    pooling: str
+    method: str
+    dim: int
+    auroc: float | None
+    n_runs: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A margin run and how far it got."""
+
+    id: int
+    dataset_id: int
+    direction_id: int
+    settings: dict[str, Any]
+    status: str
+    n_margins: int
+    n_pairs: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PairText:
+    """The texts of a stored pair (what the encoder needs)."""
+
+    id: int
+    idx: int
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A stored pair with its data set and metadata."""
+
+    id: int
+    dataset_id: int
+    idx: int
+    prompt: str
+    chosen: str
+    rejected: str
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReviewInfo:
+    """One review, as stored."""
+
+    id: int
+    pair_id: int
+    run_id: int | None
+    annotator: str
+    action: str
+    value: float | None
+    note: str
+    created_at: datetime
+
+
+@dataclass
+class ReviewState:
+    """What a pair's reviews add up to in one run (see the module docstring)."""
+
+    flipped: bool = False
+    flagged: bool = False
+    override: float | None = None
+    n_reviews: int = 0
+    last_annotator: str | None = None
+
+    def effective(self, computed: float | None) -> float | None:
+        """The effective margin given the computed one (relative to the exported chosen)."""
+        if self.override is not None:
+            return self.override
+        if computed is None or math.isnan(computed):
+            return None
+        return -computed if self.flipped else computed
+
+    def apply(self, action: str, value: float | None, annotator: str, counts: bool) -> None:
+        """Fold in one review (oldest first); ``counts`` says if it belongs to this run."""
+        if action == "flip":
+            self.flipped = not self.flipped
+        elif action in ("flag", "unflag"):
+            self.flagged = action == "flag"
+        if not counts:
+            return
+        if action == "override":
+            self.override = value
+        self.n_reviews += 1
+        self.last_annotator = annotator
+
+
+# --- SQLite specifics: the only dialect-specific code in the project ------------------------
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_prepare_file(url: str) -> None:
+    """Create the folder of a SQLite file database (not for ``:memory:`` or ``file:`` URIs)."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    """Per connection: wait on locks, write-ahead log, enforce foreign keys."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+# --- end of SQLite specifics -----------------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets its pragmas and its folder created."""
+    if not _is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    _sqlite_prepare_file(url)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _transient(exc: OperationalError) -> bool:
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(
+        s in text for s in ("locked", "busy", "deadlock", "could not serialize", "serialization")
+    )
+
+
+def _retry(fn: Callable[[], T], attempts: int = 40) -> T:
+    """Run ``fn`` (one whole transaction) again while the database reports lock contention."""
+    delay = 0.005
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+        time.sleep(delay * (1.0 + random.random()))
+        delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a name must be a non-empty string")
+    return name.strip()
+
+
+def _settings_key(settings: Mapping[str, Any]) -> str:
+    blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _counting(run_id: int | None) -> Any:
+    """SQL condition: this review counts for ``run_id`` (see the module docstring)."""
+    if run_id is None:
+        return Review.id.is_not(None)
+    return or_(Review.run_id == run_id, Review.run_id.is_(None), Review.action.in_(PAIR_ACTIONS))
+
+
+def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]:
+    for field in ("prompt", "chosen", "rejected"):
+        if not isinstance(getattr(pair, field), str):
+            raise TypeError(f"pair {idx}: {field} must be a string")
+    if not isinstance(pair.meta, dict):
+        raise TypeError(f"pair {idx}: meta must be a dict")
+    return {
+        "dataset_id": dataset_id,
+        "idx": idx,
+        "prompt": pair.prompt,
+        "chosen": pair.chosen,
+        "rejected": pair.rejected,
+        "meta": json_safe(pair.meta),
+        "content_hash": content_hash(pair.prompt, pair.chosen, pair.rejected),
+    }
+
+
+class Store:
+    """The Legend database: open it with a URL, use it from any thread or process."""
+
+    def __init__(self, url: str | None = None) -> None:
+        """Open (creating if needed) the database at ``url`` and upgrade it to head.
+
+        Args:
+            url: Any SQLAlchemy URL; ``None`` uses :func:`legend_core.config.database_url`.
+        """
+        self.url = url or database_url()
+        self.engine = make_engine(self.url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        from legend_core.migrations import HEAD, alembic_config
+
+        for attempt in range(5):
+            try:
+                with _MIGRATION_LOCK, self.engine.begin() as conn:
+                    if MigrationContext.configure(conn).get_current_revision() == HEAD:
+                        return
+                    command.upgrade(alembic_config(conn), "head")
+                return
+            except DBAPIError:
+                # Another process may be creating the same schema right now: look again.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # --- data sets ---------------------------------------------------------------------------
+
+    def add_dataset(
+        self, name: str, pairs: Sequence[PreferencePair], source: str = "", format: str = ""
+    ) -> int:
+        """Store a data set and its pairs in one transaction; returns the data set's id.
+
+        Raises:
+            ValueError: The name is empty or already taken.
+            TypeError: A pair's texts are not strings (nothing is stored).
+        """
+        name = _check_name(name)
+
+        def work() -> int:
+            with self._session() as s, s.begin():
+                if s.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
+                    raise ValueError(f"a data set named {name!r} already exists")
+                dataset = Dataset(name=name, source=source, format=format, n_pairs=len(pairs))
+                s.add(dataset)
+                s.flush()
+                for start in range(0, len(pairs), INSERT_CHUNK):
+                    rows = [
+                        _pair_row(dataset.id, i, p)
+                        for i, p in enumerate(pairs[start : start + INSERT_CHUNK], start)
+                    ]
+                    s.execute(insert(Pair), rows)
+                return dataset.id
+
+        try:
+            return _retry(work)
+        except IntegrityError as exc:
+            if self._dataset_id(name) is not None:
+                raise ValueError(f"a data set named {name!r} already exists") from exc
+            raise
+
+    def _dataset_id(self, name: str) -> int | None:
+        with self._session() as s:
+            return s.scalar(select(Dataset.id).where(Dataset.name == name))
+
+    def _free_name(self, base: str) -> str:
+        name, n = base, 1
+        while self._dataset_id(name) is not None:
+            n += 1
+            name = f"{base} ({n})"
+        return name
+
+    def import_file(
+        self,
+        path: str | Path,
+        format: str = "auto",
+        name: str | None = None,
+        mapping: Mapping[str, str] | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[int, ImportReport]:
+        """Read a preference file with :func:`legend_core.formats.read_pairs` and store it.
+
+        Args:
+            path: The file.
+            format: ``auto`` or a format name of ``formats``.
+            name: The data set's name; by default the file's stem (made unique).
+            mapping: Column mapping passed to ``read_pairs``.
+            max_bytes: Size limit passed to ``read_pairs`` (its default when ``None``).
+
+        Raises:
+            FormatError: The file is malformed; the database is unchanged.
+            ValueError: ``name`` is taken or the file holds no pairs.
+        """
+        from legend_core.formats import read_pairs
+
+        if name is not None and self._dataset_id(_check_name(name)) is not None:
+            raise ValueError(f"a data set named {name.strip()!r} already exists")
+        kwargs: dict[str, Any] = {} if max_bytes is None else {"max_bytes": max_bytes}
+        report = read_pairs(path, format=format, mapping=mapping, **kwargs)
+        if not report.pairs:
+            raise ValueError(f"{path} holds no preference pairs")
+        name = name if name is not None else self._free_name(Path(path).stem or "data set")
+        dataset_id = self.add_dataset(name, report.pairs, source=str(path), format=report.format)
+        return dataset_id, report
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        """All data sets, oldest first, with run and reviewed-pair counts."""
+        runs = (
+            select(MarginRun.dataset_id, func.count().label("n"))
+            .group_by(MarginRun.dataset_id)
+            .subquery()
+        )
+        reviewed = (
+            select(Pair.dataset_id, func.count(distinct(Review.pair_id)).label("n"))
+            .join(Pair, Pair.id == Review.pair_id)
+            .group_by(Pair.dataset_id)
+            .subquery()
+        )
+        query = (
+            select(Dataset, func.coalesce(runs.c.n, 0), func.coalesce(reviewed.c.n, 0))
+            .outerjoin(runs, runs.c.dataset_id == Dataset.id)
+            .outerjoin(reviewed, reviewed.c.dataset_id == Dataset.id)
+            .order_by(Dataset.id)
+        )
+        with self._session() as s:
+            return [
+                DatasetInfo(
+                    d.id, d.name, d.source, d.format, d.n_pairs, n_runs, n_rev, d.created_at
+                )
+                for d, n_runs, n_rev in s.execute(query)
+            ]
+
+    def get_dataset(self, dataset_id: int) -> DatasetInfo:
+        """One data set's listing entry."""
+        for info in self.list_datasets():
+            if info.id == dataset_id:
+                return info
+        raise NotFoundError(f"no data set {dataset_id}")
+
+    def dataset_frame(self, dataset_id: int) -> pd.DataFrame:
+        """A data set's pairs in input order: columns id, idx, prompt, chosen, rejected, meta."""
+        self._require(Dataset, dataset_id)
+        query = (
+            select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected, Pair.meta)
+            .where(Pair.dataset_id == dataset_id)
+            .order_by(Pair.idx)
+        )
+        columns = ["id", "idx", "prompt", "chosen", "rejected", "meta"]
+        with self._session() as s:
+            return pd.DataFrame([tuple(r) for r in s.execute(query)], columns=columns)
+
+    def get_pair(self, pair_id: int) -> PairRecord:
+        """One stored pair."""
+        with self._session() as s:
+            p = s.get(Pair, pair_id)
+            if p is None:
+                raise NotFoundError(f"no pair {pair_id}")
+            return PairRecord(p.id, p.dataset_id, p.idx, p.prompt, p.chosen, p.rejected, p.meta)
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        """Delete a data set with its pairs, margin runs, margins and reviews."""
+
+        def work() -> None:
+            with self._session() as s, s.begin():
+                if s.get(Dataset, dataset_id) is None:
+                    raise NotFoundError(f"no data set {dataset_id}")
+                pair_ids = select(Pair.id).where(Pair.dataset_id == dataset_id)
+                run_ids = select(MarginRun.id).where(MarginRun.dataset_id == dataset_id)
+                s.execute(delete(Review).where(Review.pair_id.in_(pair_ids)))
+                s.execute(delete(Margin).where(Margin.run_id.in_(run_ids)))
+                s.execute(delete(MarginRun).where(MarginRun.dataset_id == dataset_id))
+                s.execute(delete(Pair).where(Pair.dataset_id == dataset_id))
+                s.execute(delete(Dataset).where(Dataset.id == dataset_id))
+
+        _retry(work)
+
+    def _require(self, model: type, row_id: int) -> None:
+        with self._session() as s:
+            if s.get(model, row_id) is None:
+                raise NotFoundError(f"no {model.__tablename__[:-1].replace('_', ' ')} {row_id}")
+
+    # --- contrastive sets --------------------------------------------------------------------
+
+    def add_contrast_set(self, name: str, items: Sequence[ContrastItem], source: str = "") -> int:
+        """Store a contrastive set in one transaction; returns its id."""
+        name = _check_name(name)
+
+        def work() -> int:
+            with self._session() as s, s.begin():
+                if s.scalar(select(ContrastSet.id).where(ContrastSet.name == name)) is not None:
+                    raise ValueError(f"a contrastive set named {name!r} already exists")
+                cs = ContrastSet(name=name, source=source, n_items=len(items))
+                s.add(cs)
+                s.flush()
+                for start in range(0, len(items), INSERT_CHUNK):
+                    rows = [
+                        {
+                            "set_id": cs.id,
+                            "idx": i,
+                            "instruction": it.instruction,
+                            "harmful": it.harmful,
+                            "harmless": it.harmless,
+                        }
+                        for i, it in enumerate(items[start : start + INSERT_CHUNK], start)
+                    ]
+                    s.execute(insert(ContrastItemRow), rows)
+                return cs.id
+
+        return _retry(work)
+
+    def import_contrast_file(
+        self,
+        path: str | Path,
+        format: str = "auto",
+        name: str | None = None,
+        refusal: str | None = None,
+        mapping: Mapping[str, str] | None = None,
+    ) -> int:
+        """Read a contrastive set with ``formats.read_contrast_set`` and store it."""
+        from legend_core.formats import read_contrast_set
+
+        items = read_contrast_set(path, format=format, refusal=refusal, mapping=mapping)
+        return self.add_contrast_set(name or Path(path).stem, items, source=str(path))
+
+    def list_contrast_sets(self) -> list[ContrastSetInfo]:
+        """All contrastive sets, oldest first."""
+        with self._session() as s:
+            rows = s.scalars(select(ContrastSet).order_by(ContrastSet.id))
+            return [ContrastSetInfo(c.id, c.name, c.source, c.n_items, c.created_at) for c in rows]
+
+    def get_contrast_items(self, set_id: int) -> list[ContrastItem]:
+        """A contrastive set's items in input order."""
+        self._require(ContrastSet, set_id)
+        query = (
+            select(ContrastItemRow.instruction, ContrastItemRow.harmful, ContrastItemRow.harmless)
+            .where(ContrastItemRow.set_id == set_id)
+            .order_by(ContrastItemRow.idx)
+        )
+        with self._session() as s:
+            return [ContrastItem(*row) for row in s.execute(query)]
+
+    def delete_contrast_set(self, set_id: int) -> None:
+        """Delete a contrastive set and its items."""
+        with self._session() as s, s.begin():
+            s.execute(delete(ContrastItemRow).where(ContrastItemRow.set_id == set_id))
+            s.execute(delete(ContrastSet).where(ContrastSet.id == set_id))
+
+    # --- directions --------------------------------------------------------------------------
+
+    def add_direction(self, direction: Direction) -> int:
+        """Store a direction (exact float32 vector + all metadata); returns its id."""
+        vector = np.ascontiguousarray(direction.vector, dtype="<f4").reshape(-1)
+        row = DirectionRow(
+            name=direction.name,
+            model=direction.model,
+            layer=int(direction.layer),
+            pooling=direction.pooling,
+            method=direction.method,
+            dim=int(vector.shape[0]),
+            vector=vector.tobytes(),
+            meta=direction.metadata(),
+        )
+
+        def work() -> int:
+            with self._session() as s, s.begin():
+                s.add(row)
+                s.flush()
+                return row.id
+
+        return _retry(work)
+
+    def get_direction(self, direction_id: int) -> Direction:
+        """A stored direction, bit-identical to the one added."""
+        with self._session() as s:
+            row = s.get(DirectionRow, direction_id)
+            if row is None:
+                raise NotFoundError(f"no direction {direction_id}")
+            vector = np.frombuffer(bytes(row.vector), dtype="<f4").astype(np.float32)
+            return Direction.from_metadata(vector, row.meta)
+
+    def list_directions(self) -> list[DirectionInfo]:
+        """All directions, oldest first, with their layer's held-out AUROC if measured."""
+        runs = (
+            select(MarginRun.direction_id, func.count().label("n"))
+            .group_by(MarginRun.direction_id)
+            .subquery()
+        )
+        query = (
+            select(DirectionRow, func.coalesce(runs.c.n, 0))
+            .outerjoin(runs, runs.c.direction_id == DirectionRow.id)
+            .order_by(DirectionRow.id)
+        )
+        out = []
+        with self._session() as s:
+            for d, n_runs in s.execute(query):
+                quality = [q for q in d.meta.get("quality", []) if q.get("layer") == d.layer]
+                auroc = quality[0].get("auroc") if quality else None
+                out.append(
+                    DirectionInfo(
+                        d.id,
+                        d.name,
+                        d.model,
+                        d.layer,
+                        d.pooling,
+                        d.method,
+                        d.dim,
+                        auroc,
+                        n_runs,
+                        d.created_at,
+                    )
+                )
+        return out
+
+    def delete_direction(self, direction_id: int) -> None:
+        """Delete a direction and its margin runs (see :meth:`_drop_runs` for reviews)."""
+
+        def work() -> None:
+            with self._session() as s, s.begin():
+                if s.get(DirectionRow, direction_id) is None:
+                    raise NotFoundError(f"no direction {direction_id}")
+                self._drop_runs(s, MarginRun.direction_id == direction_id)
+                s.execute(delete(DirectionRow).where(DirectionRow.id == direction_id))
+
+        _retry(work)
+
+    @staticmethod
+    def _drop_runs(s: Session, condition: Any) -> None:
+        """Delete runs and margins. Their accept/override reviews go too (they judged margins
+        that no longer exist); flips and flags stay, detached from the run."""
+        run_ids = select(MarginRun.id).where(condition)
+        s.execute(
+            delete(Review).where(Review.run_id.in_(run_ids), Review.action.not_in(PAIR_ACTIONS))
+        )
+        s.execute(update(Review).where(Review.run_id.in_(run_ids)).values(run_id=None))
+        s.execute(delete(Margin).where(Margin.run_id.in_(run_ids)))
+        s.execute(delete(MarginRun).where(condition))
+
+    # --- margin runs -------------------------------------------------------------------------
+
+    def start_run(self, dataset_id: int, direction_id: int, settings: dict[str, Any]) -> int:
+        """A margin run for (data set, direction, settings): the existing one if any, so a
+        restarted annotation resumes; else a new one."""
+        self._require(Dataset, dataset_id)
+        self._require(DirectionRow, direction_id)
+        key = _settings_key(settings)
+        query = select(MarginRun.id).where(
+            MarginRun.dataset_id == dataset_id,
+            MarginRun.direction_id == direction_id,
+            MarginRun.settings_key == key,
+        )
+
+        def work() -> int:
+            with self._session() as s, s.begin():
+                existing = s.scalar(query)
+                if existing is not None:
+                    return existing
+                run = MarginRun(
+                    dataset_id=dataset_id,
+                    direction_id=direction_id,
+                    settings=json.loads(json.dumps(settings, default=str)),
+                    settings_key=key,
+                )
+                s.add(run)
+                s.flush()
+                return run.id
+
+        try:
+            return _retry(work)
+        except IntegrityError:  # another process started the same run just now
+            with self._session() as s:
+                found = s.scalar(query)
+            if found is None:
+                raise
+            return found
+
+    def _run(self, s: Session, run_id: int) -> MarginRun:
+        run = s.get(MarginRun, run_id)
+        if run is None:
+            raise NotFoundError(f"no margin run {run_id}")
+        return run
+
+    def pairs_missing_margins(self, run_id: int, limit: int | None = None) -> list[PairText]:
+        """Pairs of the run's data set that have no margin in it yet, in input order."""
+        with self._session() as s:
+            run = self._run(s, run_id)
+            has_margin = exists().where(Margin.run_id == run_id, Margin.pair_id == Pair.id)
+            query = (
+                select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected)
+                .where(Pair.dataset_id == run.dataset_id, ~has_margin)
+                .order_by(Pair.idx)
+                .limit(limit)
+            )
+            return [PairText(*row) for row in s.execute(query)]
+
+    def add_margins(self, run_id: int, pair_ids: Sequence[int], values: Sequence[float]) -> None:
+        """Store computed margins (one transaction); pairs that already have one keep it.
+
+        Raises:
+            ValueError: Lengths differ, a value is not finite, a pair id repeats, or a pair
+                is not in the run's data set.
+        """
+        ids = [int(p) for p in pair_ids]
+        vals = [float(v) for v in values]
+        if len(ids) != len(vals):
+            raise ValueError(f"{len(ids)} pair ids but {len(vals)} values")
+        if not all(math.isfinite(v) for v in vals):
+            raise ValueError("margins must be finite numbers")
+        if len(set(ids)) != len(ids):
+            raise ValueError("a pair id appears twice")
+
+        def work() -> None:
+            with self._session() as s, s.begin():
+                dataset_id = self._run(s, run_id).dataset_id
+                rows = []
+                for chunk in _chunks(list(zip(ids, vals, strict=True)), IN_CHUNK):
+                    chunk_ids = [p for p, _ in chunk]
+                    known = set(
+                        s.scalars(
+                            select(Pair.id).where(
+                                Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id
+                            )
+                        )
+                    )
+                    if len(known) != len(chunk_ids):
+                        bad = sorted(set(chunk_ids) - known)[:5]
+                        raise ValueError(f"pairs {bad} are not in run {run_id}'s data set")
+                    done = set(
+                        s.scalars(
+                            select(Margin.pair_id).where(
+                                Margin.run_id == run_id, Margin.pair_id.in_(chunk_ids)
+                            )
+                        )
+                    )
+                    rows += [
+                        {"run_id": run_id, "pair_id": p, "value": v}
+                        for p, v in chunk
+                        if p not in done
+                    ]
+                for chunk_rows in _chunks(rows, INSERT_CHUNK):
+                    s.execute(insert(Margin), list(chunk_rows))
+
+        _retry(work)
+
+    def finish_run(self, run_id: int) -> None:
+        """Mark a run finished (it stays resumable: more margins may still be added)."""
+
+        def work() -> None:
+            with self._session() as s, s.begin():
+                run = self._run(s, run_id)
+                run.status = "finished"
+                run.finished_at = utcnow()
+
+        _retry(work)
+
+    def list_runs(self, dataset_id: int | None = None) -> list[RunInfo]:
+        """Margin runs, oldest first, optionally of one data set."""
+        n_margins = (
+            select(Margin.run_id, func.count().label("n")).group_by(Margin.run_id).subquery()
+        )
+        query = (
+            select(MarginRun, func.coalesce(n_margins.c.n, 0), Dataset.n_pairs)
+            .join(Dataset, Dataset.id == MarginRun.dataset_id)
+            .outerjoin(n_margins, n_margins.c.run_id == MarginRun.id)
+            .order_by(MarginRun.id)
+        )
+        if dataset_id is not None:
+            query = query.where(MarginRun.dataset_id == dataset_id)
+        with self._session() as s:
+            return [
+                RunInfo(
+                    r.id,
+                    r.dataset_id,
+                    r.direction_id,
+                    r.settings,
+                    r.status,
+                    n,
+                    n_pairs,
+                    r.created_at,
+                    r.finished_at,
+                )
+                for r, n, n_pairs in s.execute(query)
+            ]
+
+    def get_run(self, run_id: int) -> RunInfo:
+        """One margin run's listing entry."""
+        for run in self.list_runs():
+            if run.id == run_id:
+                return run
+        raise NotFoundError(f"no margin run {run_id}")
+
+    def run_frame(self, run_id: int) -> pd.DataFrame:
+        """Every pair of the run's data set with its margins and review state, in input order.
+
+        Columns: pair_id, idx, prompt, chosen, rejected (as imported), computed_margin
+        (relative to the imported chosen; NaN while missing), override_margin (NaN if none),
+        effective_margin (relative to the exported chosen), flipped, flagged,
+        last_annotator ("" if none), n_reviews.
+        """
+        with self._session() as s:
+            run = self._run(s, run_id)
+            rows = s.execute(
+                select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected, Margin.value)
+                .outerjoin(Margin, and_(Margin.pair_id == Pair.id, Margin.run_id == run_id))
+                .where(Pair.dataset_id == run.dataset_id)
+                .order_by(Pair.idx)
+            ).all()
+            states = self._review_states(s, run_id, Pair.dataset_id == run.dataset_id)
+        frame = pd.DataFrame(
+            [tuple(r) for r in rows],
+            columns=["pair_id", "idx", "prompt", "chosen", "rejected", "computed_margin"],
+        )
+        frame["computed_margin"] = frame["computed_margin"].astype(np.float64)
+        blank = ReviewState()
+        st = [states.get(p, blank) for p in frame["pair_id"]]
+        frame["override_margin"] = np.array(
+            [np.nan if x.override is None else x.override for x in st], dtype=np.float64
+        )
+        effective = [x.effective(c) for x, c in zip(st, frame["computed_margin"], strict=True)]
+        frame["effective_margin"] = np.array(
+            [np.nan if e is None else e for e in effective], dtype=np.float64
+        )
+        frame["flipped"] = np.array([x.flipped for x in st], dtype=bool)
+        frame["flagged"] = np.array([x.flagged for x in st], dtype=bool)
+        frame["last_annotator"] = [x.last_annotator or "" for x in st]
+        frame["n_reviews"] = np.array([x.n_reviews for x in st], dtype=np.int64)
+        return frame
+
+    # --- reviews -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _review_states(s: Session, run_id: int | None, pair_filter: Any) -> dict[int, ReviewState]:
+        """Review states of the pairs matching ``pair_filter``, as seen in ``run_id``."""
+        query = (
+            select(Review.pair_id, Review.run_id, Review.action, Review.value, Review.annotator)
+            .join(Pair, Pair.id == Review.pair_id)
+            .where(pair_filter, _counting(run_id))
+            .order_by(Review.id)
+        )
+        states: dict[int, ReviewState] = {}
+        for pair_id, r_run, action, value, annotator in s.execute(query):
+            counts = run_id is None or r_run is None or r_run == run_id
+            states.setdefault(pair_id, ReviewState()).apply(action, value, annotator, counts)
+        return states
+
+    def pair_state(self, pair_id: int, run_id: int | None = None) -> ReviewState:
+        """What a pair's reviews add up to in ``run_id`` (every review if ``None``)."""
+        with self._session() as s:
+            states = self._review_states(s, run_id, Pair.id == pair_id)
+        return states.get(pair_id, ReviewState())
+
+    def add_review(
+        self,
+        pair_id: int,
+        annotator: str,
+        action: str,
+        value: float | None = None,
+        note: str = "",
+        run_id: int | None = None,
+    ) -> int:
+        """Append a review; returns its id. Lock contention is retried transparently.
+
+        Raises:
+            ValueError: Unknown action, empty annotator, an override without a finite
+                value, a value on another action, or a pair outside the run's data set.
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        if not isinstance(annotator, str) or not annotator.strip():
+            raise ValueError("a review needs a non-empty annotator name")
+        if action == "override":
+            if value is None or not math.isfinite(float(value)):
+                raise ValueError("an override needs a finite margin value")
+            value = float(value)
+        elif value is not None:
+            raise ValueError(f"a {action!r} review takes no value")
+        with self._session() as s:
+            pair = s.get(Pair, pair_id)
+            if pair is None:
+                raise NotFoundError(f"no pair {pair_id}")
+            if run_id is not None and self._run(s, run_id).dataset_id != pair.dataset_id:
+                raise ValueError(f"pair {pair_id} is not in margin run {run_id}'s data set")
+
+        def work() -> int:
+            with self._session() as s, s.begin():
+                review = Review(
+                    pair_id=pair_id,
+                    run_id=run_id,
+                    annotator=annotator.strip(),
+                    action=action,
+                    value=value,
+                    note=note or "",
+                    created_at=utcnow(),
+                )
+                s.add(review)
+                s.flush()
+                return review.id
+
+        return _retry(work)
+
+    def pair_history(self, pair_id: int) -> list[ReviewInfo]:
+        """All reviews of a pair (every run), oldest first."""
+        with self._session() as s:
+            rows = s.scalars(select(Review).where(Review.pair_id == pair_id).order_by(Review.id))
+            return [
+                ReviewInfo(
+                    r.id,
+                    r.pair_id,
+                    r.run_id,
+                    r.annotator,
+                    r.action,
+                    r.value,
+                    r.note,
+                    r.created_at,
+                )
+                for r in rows
+            ]
+
+    def _reviewed(self, run_id: int) -> Any:
+        """SQL condition on ``Margin``: its pair has a review that counts in ``run_id``."""
+        return exists().where(Review.pair_id == Margin.pair_id, _counting(run_id))
+
+    def _queue_query(
+        self, s: Session, run_id: int, order: str, unreviewed_only: bool
+    ) -> Select[tuple[int]]:
+        """The run's pair ids in review order; each order walks an index, no sort."""
+        run = self._run(s, run_id)
+        query = select(Margin.pair_id).where(Margin.run_id == run_id)
+        if order == "disagreement":
+            query = query.order_by(Margin.value, Margin.pair_id)
+        elif order == "index":
+            query = (
+                query.join(Pair, Pair.id == Margin.pair_id)
+                .where(Pair.dataset_id == run.dataset_id)
+                .order_by(Pair.idx)
+            )
+        else:
+            raise ValueError(f"unknown order {order!r}; use 'disagreement' or 'index'")
+        if unreviewed_only:
+            query = query.where(~self._reviewed(run_id))
+        return query
+
+    def review_queue(
+        self,
+        run_id: int,
+        order: Literal["disagreement", "index"] = "disagreement",
+        pair_ids: Sequence[int] | None = None,
+        unreviewed_only: bool = False,
+    ) -> list[int]:
+        """Pair ids of the run (pairs with a computed margin) in review order.
+
+        ``disagreement``: ascending computed margin, which puts negative margins first
+        (most negative first) and then the rest by |margin| ascending; ties by pair id.
+        ``index``: input order. ``pair_ids`` restricts the queue to those pairs.
+        """
+        with self._session() as s:
+            query = self._queue_query(s, run_id, order, unreviewed_only)
+            ids = list(s.scalars(query))
+        if pair_ids is not None:
+            wanted = set(pair_ids)
+            ids = [p for p in ids if p in wanted]
+        return ids
+
+    def next_pair(
+        self,
+        run_id: int,
+        after_pair_id: int | None = None,
+        unreviewed_only: bool = True,
+        order: Literal["disagreement", "index"] = "disagreement",
+    ) -> int | None:
+        """The pair after ``after_pair_id`` in :meth:`review_queue` order (the first if
+        ``None`` or not in the run); ``None`` at the end. One indexed query."""
+        with self._session() as s:
+            query = self._queue_query(s, run_id, order, unreviewed_only)
+            if after_pair_id is not None and order == "disagreement":
+                value = s.scalar(
+                    select(Margin.value).where(
+                        Margin.run_id == run_id, Margin.pair_id == after_pair_id
+                    )
+                )
+                if value is not None:  # (value, pair_id) > (after's value, after_pair_id)
+                    query = query.where(
+                        Margin.value >= value,
+                        or_(Margin.value > value, Margin.pair_id > after_pair_id),
+                    )
+            elif after_pair_id is not None:
+                after_idx = s.scalar(select(Pair.idx).where(Pair.id == after_pair_id))
+                if after_idx is not None:
+                    query = query.where(Pair.idx > after_idx)
+            return s.scalar(query.limit(1))
+
+    def review_counts(self, run_id: int) -> tuple[int, int]:
+        """(reviewed, remaining) pairs among those with a computed margin in the run."""
+        with self._session() as s:
+            self._run(s, run_id)
+            total = s.scalar(select(func.count()).where(Margin.run_id == run_id)) or 0
+            reviewed = (
+                s.scalar(
+                    select(func.count()).where(Margin.run_id == run_id, self._reviewed(run_id))
+                )
+                or 0
+            )
+        return reviewed, total - reviewed
+
+    # --- embedding cache ---------------------------------------------------------------------
+
+    def _space_id(self, s: Session, space: EmbeddingSpace, create: bool) -> int | None:
+        key = space.key()
+        space_id = s.scalar(select(EmbeddingSpaceRow.id).where(EmbeddingSpaceRow.key == key))
+        if space_id is None and create:
+            row = EmbeddingSpaceRow(key=key, **asdict(space))
+            s.add(row)
+            s.flush()
+            space_id = row.id
+        return space_id
+
+    def get_embeddings(
+        self, space: EmbeddingSpace, keys: Sequence[bytes]
+    ) -> dict[bytes, np.ndarray]:
+        """Cached vectors (float32) of those ``keys`` that are in the cache for ``space``."""
+        out: dict[bytes, np.ndarray] = {}
+        with self._session() as s:
+            space_id = self._space_id(s, space, create=False)
+            if space_id is None:
+                return out
+            for chunk in _chunks(list(dict.fromkeys(bytes(k) for k in keys)), IN_CHUNK):
+                query = select(Embedding.key, Embedding.dtype, Embedding.vector).where(
+                    Embedding.space_id == space_id, Embedding.key.in_(chunk)
+                )
+                for key, dtype, blob in s.execute(query):
+                    out[bytes(key)] = np.frombuffer(bytes(blob), dtype=dtype).astype(np.float32)
+        return out
+
+    def put_embeddings(self, space: EmbeddingSpace, items: Mapping[bytes, np.ndarray]) -> None:
+        """Cache vectors as float16 (float32 if a value exceeds float16's range).
+
+        Idempotent: keys already cached keep their vector.
+
+        Raises:
+            ValueError: A key is not 32 bytes or a vector is not finite.
+        """
+        rows = []
+        for key, vector in items.items():
+            if len(key) != 32:
+                raise ValueError("embedding keys are 32-byte digests (see text_key)")
+            v = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if not np.isfinite(v).all():
+                raise ValueError("an embedding has NaN or infinite values")
+            small = v.size == 0 or float(np.abs(v).max()) <= FLOAT16_MAX
+            dtype = "<f2" if small else "<f4"
+            rows.append({"key": bytes(key), "dtype": dtype, "vector": v.astype(dtype).tobytes()})
+        if not rows:
+            return
+
+        def work() -> None:
+            with self._session() as s, s.begin():
+                space_id = self._space_id(s, space, create=True)
+                for chunk in _chunks(rows, IN_CHUNK):
+                    have = set(
+                        bytes(k)
+                        for k in s.scalars(
+                            select(Embedding.key).where(
+                                Embedding.space_id == space_id,
+                                Embedding.key.in_([r["key"] for r in chunk]),
+                            )
+                        )
+                    )
+                    new = [{**r, "space_id": space_id} for r in chunk if r["key"] not in have]
+                    if new:
+                        s.execute(insert(Embedding), new)
+
+        for attempt in range(3):
+            try:
+                return _retry(work)
+            except IntegrityError:  # a concurrent writer cached some of the same keys
+                if attempt == 2:
+                    raise
+
+    # --- overview ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of every table (home page, and "nothing changed" checks in tests)."""
+        tables = {
+            "datasets": Dataset,
+            "pairs": Pair,
+            "contrast_sets": ContrastSet,
+            "contrast_items": ContrastItemRow,
+            "directions": DirectionRow,
+            "runs": MarginRun,
+            "margins": Margin,
+            "reviews": Review,
+            "embedding_spaces": EmbeddingSpaceRow,
+            "embeddings": Embedding,
+        }
+        with self._session() as s:
+            return {
+                name: int(s.scalar(select(func.count()).select_from(model)) or 0)
+                for name, model in tables.items()
+            }

@@ -1,0 +1,242 @@
+"""Alembic migrations shipped in the package: upgrade keeps data, schema matches the models."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from legend_core.migrations import HEAD, MIGRATIONS_DIR, alembic_config
+from legend_core.schema import Base
+from legend_core.store import EmbeddingSpace, Store, make_engine, text_key
+
+
+def revision_of(url: str) -> str | None:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    engine.dispose()
+    return revision
+
+
+def upgrade_to(url: str, revision: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+    engine.dispose()
+
+
+def test_migrations_ship_inside_the_package() -> None:
+    assert MIGRATIONS_DIR.parent == Path(__import__("legend_core").__file__).parent
+    for name in ("env.py", "script.py.mako", "alembic.ini"):
+        assert (MIGRATIONS_DIR / name).is_file()
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_current_head() == HEAD
+    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+
+
+def test_fresh_database_is_at_head_and_matches_the_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    store = Store(url)
+    assert revision_of(url) == HEAD
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    store.close()
+
+
+def test_upgrade_from_0001_keeps_data_and_enables_new_features(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_to(url, "0001")
+    assert revision_of(url) == "0001"
+
+    # Fill the 0001 schema the way the 0001 code did: no reviews.run_id, no cache tables.
+    now = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    engine = make_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    assert "run_id" not in meta.tables["reviews"].c and "embeddings" not in meta.tables
+    t = meta.tables
+    vector = np.arange(4, dtype=np.float32)
+    with engine.begin() as conn:
+        conn.execute(
+            t["datasets"].insert(),
+            [dict(id=1, name="old", source="x.jsonl", format="trl", created_at=now, n_pairs=3)],
+        )
+        conn.execute(
+            t["pairs"].insert(),
+            [
+                dict(
+                    id=10 + i,
+                    dataset_id=1,
+                    idx=i,
+                    prompt=f"p{i}",
+                    chosen=f"c{i}",
+                    rejected=f"r{i}",
+                    meta={"i": i},
+                    content_hash=f"{i:064d}",
+                )
+                for i in range(3)
+            ],
+        )
+        conn.execute(
+            t["directions"].insert(),
+            [
+                dict(
+                    id=1,
+                    name="v",
+                    model="tiny",
+                    layer=2,
+                    pooling="last",
+                    method="mean_diff",
+                    dim=4,
+                    vector=vector.tobytes(),
+                    created_at=now,
+                    meta={
+                        "model": "tiny",
+                        "layer": 2,
+                        "pooling": "last",
+                        "template": "alpaca",
+                        "method": "mean_diff",
+                        "quality": [],
+                    },
+                )
+            ],
+        )
+        conn.execute(
+            t["margin_runs"].insert(),
+            [
+                dict(
+                    id=1,
+                    dataset_id=1,
+                    direction_id=1,
+                    settings={"layer": 2},
+                    settings_key="k",
+                    status="finished",
+                    created_at=now,
+                    finished_at=now,
+                )
+            ],
+        )
+        conn.execute(
+            t["margins"].insert(),
+            [
+                dict(run_id=1, pair_id=10, value=-1.0),
+                dict(run_id=1, pair_id=11, value=0.5),
+                dict(run_id=1, pair_id=12, value=2.0),
+            ],
+        )
+        conn.execute(
+            t["reviews"].insert(),
+            [
+                dict(
+                    id=1,
+                    pair_id=10,
+                    annotator="ann",
+                    action="flip",
+                    value=None,
+                    note="",
+                    created_at=now,
+                ),
+                dict(
+                    id=2,
+                    pair_id=11,
+                    annotator="ann",
+                    action="override",
+                    value=0.25,
+                    note="old",
+                    created_at=now,
+                ),
+            ],
+        )
+    engine.dispose()
+
+    store = Store(url)  # upgrades to head
+    assert revision_of(url) == HEAD
+    assert store.counts() == {
+        "datasets": 1,
+        "pairs": 3,
+        "contrast_sets": 0,
+        "contrast_items": 0,
+        "directions": 1,
+        "runs": 1,
+        "margins": 3,
+        "reviews": 2,
+        "embedding_spaces": 0,
+        "embeddings": 0,
+    }
+    history = store.pair_history(11)
+    assert (history[0].value, history[0].note, history[0].run_id) == (0.25, "old", None)
+    assert history[0].created_at == now
+    assert store.get_direction(1).vector.tobytes() == vector.tobytes()
+    # Old reviews (no run) count in the run; the state is what 0001 meant.
+    frame = store.run_frame(1).set_index("pair_id")
+    assert frame.loc[10, "flipped"] and frame.loc[10, "effective_margin"] == 1.0
+    assert frame.loc[11, "effective_margin"] == 0.25
+    # New in 0002: run-scoped reviews, the queue index, the embedding cache.
+    review_id = store.add_review(12, "bob", "accept", run_id=1)
+    assert store.pair_history(12)[0].run_id == 1 and review_id == 3
+    assert store.next_pair(1) is None  # all three reviewed now
+    assert store.review_queue(1) == [10, 11, 12]
+    space = EmbeddingSpace("tiny", "fp", "alpaca", "last", 2, 512)
+    store.put_embeddings(space, {text_key("p", "c"): np.ones(4)})
+    assert list(store.get_embeddings(space, [text_key("p", "c")])) == [text_key("p", "c")]
+    with store.engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        assert "ix_margins_run_value" in {ix["name"] for ix in inspector.get_indexes("margins")}
+        checks = inspector.get_check_constraints("reviews")
+        assert any("override" in c["sqltext"] for c in checks)  # kept through the table copy
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    # The check constraint still guards the table.
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO reviews (pair_id, annotator, action, note, created_at) "
+                "VALUES (10, 'x', 'bogus', '', '2025-01-01')"
+            )
+        )
+    store.close()
+
+
+def test_upgrade_never_drops_foreign_tables(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    Store(url).close()
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+        conn.execute(sa.text("INSERT INTO notes (body) VALUES ('mine')"))
+    engine.dispose()
+    with Store(url) as store:
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT body FROM notes")).scalar() == "mine"
+
+
+def test_downgrade_and_upgrade_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with Store(url) as store:
+        store.add_dataset("kept", [])
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0001")
+    engine.dispose()
+    assert revision_of(url) == "0001"
+    with Store(url) as store:
+        assert [d.name for d in store.list_datasets()] == ["kept"]
+    assert revision_of(url) == HEAD
+
+
+def test_command_line_config_works(tmp_path: Path, monkeypatch) -> None:
+    """``alembic -c legend_core/migrations/alembic.ini upgrade head`` with $LEGEND_DB."""
+    url = f"sqlite:///{tmp_path / 'cli' / 'x.db'}"
+    monkeypatch.setenv("LEGEND_DB", url)
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    command.upgrade(cfg, "head")
+    assert revision_of(url) == HEAD

@@ -1,0 +1,529 @@
+"""The store on real SQLite files: data sets, directions, runs, reviews, queue, cache."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from legend_core.directions import Direction, LayerQuality
+from legend_core.formats import FormatError
+from legend_core.store import (
+    EmbeddingSpace,
+    NotFoundError,
+    ReviewState,
+    Store,
+    text_key,
+)
+from legend_core.types import ContrastItem, PreferencePair
+from tests.conftest import HH_DEV
+
+
+def make_pairs(n: int, tag: str = "") -> list[PreferencePair]:
+    return [
+        PreferencePair(f"prompt {tag}{i}", f"chosen {tag}{i}", f"rejected {tag}{i}", {"row": i})
+        for i in range(n)
+    ]
+
+
+def make_direction(dim: int = 16, seed: int = 0, **kw) -> Direction:
+    vector = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    base = dict(model="tiny", layer=2, pooling="last", template="alpaca", method="mean_diff")
+    return Direction(vector, **{**base, **kw})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'legend.db'}")
+    yield s
+    s.close()
+
+
+def annotated(store: Store, values: list[float], name: str = "d") -> tuple[int, int, list[int]]:
+    """A data set with one run whose margins are ``values``; returns (dataset, run, pair ids)."""
+    dataset_id = store.add_dataset(name, make_pairs(len(values), name))
+    direction_id = store.add_direction(make_direction())
+    run_id = store.start_run(dataset_id, direction_id, {"layer": 2})
+    ids = [p.id for p in store.pairs_missing_margins(run_id)]
+    store.add_margins(run_id, ids, values)
+    return dataset_id, run_id, ids
+
+
+# --- opening -----------------------------------------------------------------------------------
+
+
+def test_store_creates_parent_folders_and_reopens(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a' / 'b' / 'legend.db'}"
+    with Store(url) as s:
+        s.add_dataset("one", make_pairs(3))
+    with Store(url) as s:  # second open: already at head, data kept
+        assert s.counts()["pairs"] == 3
+
+
+def test_store_default_url_comes_from_config(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LEGEND_DB", f"sqlite:///{tmp_path / 'env' / 'x.db'}")
+    with Store() as s:
+        assert s.counts()["datasets"] == 0
+    assert (tmp_path / "env" / "x.db").exists()
+
+
+def test_sqlite_pragmas_are_set(store: Store) -> None:
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+
+
+# --- data sets ---------------------------------------------------------------------------------
+
+
+def test_add_dataset_round_trip(store: Store) -> None:
+    pairs = make_pairs(5)
+    pairs[2].meta = {"nested": {"a": [1, 2]}, "label": "x", "np": np.int64(3)}
+    dataset_id = store.add_dataset("demo", pairs, source="here.jsonl", format="trl")
+    frame = store.dataset_frame(dataset_id)
+    assert list(frame.columns) == ["id", "idx", "prompt", "chosen", "rejected", "meta"]
+    assert frame["idx"].tolist() == list(range(5))
+    assert frame["prompt"].tolist() == [p.prompt for p in pairs]
+    assert frame["meta"][2] == {"nested": {"a": [1, 2]}, "label": "x", "np": 3}
+    (info,) = store.list_datasets()
+    assert (info.name, info.n_pairs, info.n_runs, info.n_reviewed) == ("demo", 5, 0, 0)
+    assert (info.source, info.format) == ("here.jsonl", "trl")
+    assert info.created_at.tzinfo is not None
+    record = store.get_pair(int(frame["id"][2]))
+    assert (record.dataset_id, record.idx, record.chosen) == (dataset_id, 2, "chosen 2")
+
+
+def test_duplicate_dataset_name_is_a_clear_error(store: Store) -> None:
+    store.add_dataset("demo", make_pairs(3))
+    before = store.counts()
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_dataset("demo", make_pairs(4))
+    with pytest.raises(ValueError, match="non-empty"):
+        store.add_dataset("  ", make_pairs(4))
+    assert store.counts() == before
+
+
+def test_failure_midway_leaves_database_unchanged(store: Store) -> None:
+    store.add_dataset("first", make_pairs(3))
+    before = store.counts()
+    pairs = make_pairs(7_000)
+    pairs[5_500] = PreferencePair(None, "c", "r")  # type: ignore[arg-type]  # 3rd chunk
+    with pytest.raises(TypeError, match="pair 5500"):
+        store.add_dataset("second", pairs)
+    assert store.counts() == before
+    assert [d.name for d in store.list_datasets()] == ["first"]
+    # The name is still free: nothing of the failed import was kept.
+    store.add_dataset("second", make_pairs(7_000))
+    assert store.counts()["pairs"] == 7_003
+
+
+def test_import_hh_rlhf_dev_file(store: Store) -> None:
+    before = store.counts()
+    dataset_id, report = store.import_file(HH_DEV)
+    assert store.counts()["pairs"] == before["pairs"] + 1_156 == len(report.pairs)
+    assert report.format == "hh-rlhf"
+    # The rows whose final assistant turn in "chosen" is empty, counted from the raw file.
+    empty = 0
+    for line in HH_DEV.read_text(encoding="utf-8").splitlines():
+        chosen = json.loads(line)["chosen"]
+        empty += not chosen[chosen.rfind("\n\nAssistant:") + len("\n\nAssistant:") :].strip()
+    empty_warnings = [w for w in report.warnings if "chosen" in w and "empty" in w]
+    assert len(empty_warnings) == empty == 2
+    info = store.get_dataset(dataset_id)
+    assert (info.name, info.n_pairs, info.format) == ("dev", 1_156, "hh-rlhf")
+    frame = store.dataset_frame(dataset_id)
+    assert frame["prompt"].tolist() == [p.prompt for p in report.pairs]
+    assert frame["chosen"].tolist() == [p.chosen for p in report.pairs]
+    # Importing again without a name gets a fresh one; with a taken name it is refused.
+    again, _ = store.import_file(HH_DEV)
+    assert store.get_dataset(again).name == "dev (2)"
+    with pytest.raises(ValueError, match="already exists"):
+        store.import_file(HH_DEV, name="dev")
+
+
+def test_import_failure_leaves_database_unchanged(store: Store, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": 3}\n')
+    before = store.counts()
+    with pytest.raises(FormatError):
+        store.import_file(bad)
+    assert store.counts() == before
+
+
+def test_delete_dataset_cascades(store: Store) -> None:
+    keep_id, keep_run, keep_ids = annotated(store, [1.0, 2.0], name="keep")
+    dataset_id, run_id, ids = annotated(store, [0.5, -0.5, 1.5], name="gone")
+    store.add_review(ids[0], "ann", "flip", run_id=run_id)
+    store.add_review(keep_ids[0], "ann", "flag", run_id=keep_run)
+    store.delete_dataset(dataset_id)
+    counts = store.counts()
+    assert (counts["datasets"], counts["pairs"], counts["runs"]) == (1, 2, 1)
+    assert (counts["margins"], counts["reviews"]) == (2, 1)
+    with pytest.raises(NotFoundError):
+        store.dataset_frame(dataset_id)
+    with pytest.raises(NotFoundError):
+        store.delete_dataset(dataset_id)
+
+
+# --- contrastive sets and directions -----------------------------------------------------------
+
+
+def test_contrast_sets(store: Store) -> None:
+    items = [ContrastItem(f"do bad {i}", f"sure {i}", "I can’t answer that.") for i in range(5)]
+    set_id = store.add_contrast_set("adv", items, source="advbench")
+    assert store.get_contrast_items(set_id) == items
+    (info,) = store.list_contrast_sets()
+    assert (info.name, info.n_items, info.source) == ("adv", 5, "advbench")
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_contrast_set("adv", items)
+    store.delete_contrast_set(set_id)
+    assert store.counts()["contrast_items"] == 0
+
+
+def test_direction_round_trip_is_exact(store: Store) -> None:
+    quality = [
+        LayerQuality(2, 0.9, 0.95, 2.5, 0.8, 0.1, 0.85),
+        LayerQuality(3, 0.7, 0.8, 1, 0, 0, 1),
+    ]
+    direction = make_direction(dim=576, seed=3, name="v1", quality=quality, n_train=100)
+    direction.vector[0] = np.float32(1e-38)  # a subnormal-adjacent value survives too
+    direction_id = store.add_direction(direction)
+    back = store.get_direction(direction_id)
+    assert back.vector.dtype == np.float32
+    assert back.vector.tobytes() == direction.vector.tobytes()
+    assert back.metadata() == direction.metadata()
+    assert back.layer_quality == quality[0]
+    (info,) = store.list_directions()
+    assert (info.name, info.dim, info.layer, info.auroc, info.n_runs) == ("v1", 576, 2, 0.95, 0)
+    store.delete_direction(direction_id)
+    with pytest.raises(NotFoundError):
+        store.get_direction(direction_id)
+
+
+# --- margin runs -------------------------------------------------------------------------------
+
+
+def test_runs_resume_where_they_stopped(store: Store) -> None:
+    dataset_id = store.add_dataset("d", make_pairs(10))
+    direction_id = store.add_direction(make_direction())
+    settings = {"layer": 2, "pooling": "last", "template": "alpaca"}
+    run_id = store.start_run(dataset_id, direction_id, settings)
+    # Same settings (any key order) resume the same run; other settings start another.
+    assert store.start_run(dataset_id, direction_id, dict(reversed(settings.items()))) == run_id
+    other = store.start_run(dataset_id, direction_id, {**settings, "layer": 3})
+    assert other != run_id
+
+    first = store.pairs_missing_margins(run_id, limit=4)
+    assert [p.idx for p in first] == [0, 1, 2, 3]
+    store.add_margins(run_id, [p.id for p in first], [0.1, 0.2, 0.3, 0.4])
+    # A restart: the same chunk again is ignored, the rest is still missing.
+    store.add_margins(run_id, [p.id for p in first], [9.0, 9.0, 9.0, 9.0])
+    rest = store.pairs_missing_margins(run_id)
+    assert [p.idx for p in rest] == list(range(4, 10))
+    store.add_margins(run_id, [p.id for p in rest], np.arange(6, dtype=np.float64))
+    assert store.pairs_missing_margins(run_id) == []
+    store.finish_run(run_id)
+
+    run = store.get_run(run_id)
+    assert (run.status, run.n_margins, run.n_pairs, run.settings) == ("finished", 10, 10, settings)
+    assert run.finished_at is not None and run.finished_at >= run.created_at
+    frame = store.run_frame(run_id)
+    assert frame["computed_margin"].tolist()[:5] == [0.1, 0.2, 0.3, 0.4, 0.0]
+    assert [r.id for r in store.list_runs(dataset_id)] == [run_id, other]
+    assert store.list_datasets()[0].n_runs == 2
+
+
+def test_add_margins_validates(store: Store) -> None:
+    _, run_id, ids = annotated(store, [1.0, 2.0], name="a")
+    other_dataset = store.add_dataset("b", make_pairs(2, "b"))
+    foreign = int(store.dataset_frame(other_dataset)["id"][0])
+    before = store.counts()
+    with pytest.raises(ValueError, match="not in run"):
+        store.add_margins(run_id, [foreign], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        store.add_margins(run_id, [ids[0]], [float("nan")])
+    with pytest.raises(ValueError, match="values"):
+        store.add_margins(run_id, ids, [1.0])
+    with pytest.raises(NotFoundError):
+        store.add_margins(999, ids, [1.0, 2.0])
+    assert store.counts() == before
+
+
+# --- reviews -----------------------------------------------------------------------------------
+
+
+def state_of(store: Store, run_id: int, pair_id: int) -> dict:
+    frame = store.run_frame(run_id).set_index("pair_id")
+    return frame.loc[pair_id].to_dict()
+
+
+def test_two_flips_undo_each_other(store: Store) -> None:
+    _, run_id, ids = annotated(store, [2.0, 1.0])
+    store.add_review(ids[0], "ann", "flip", run_id=run_id)
+    row = state_of(store, run_id, ids[0])
+    assert row["flipped"] and row["effective_margin"] == -2.0 and row["computed_margin"] == 2.0
+    store.add_review(ids[0], "bob", "flip", run_id=run_id)
+    row = state_of(store, run_id, ids[0])
+    assert not row["flipped"] and row["effective_margin"] == 2.0
+    assert (row["n_reviews"], row["last_annotator"]) == (2, "bob")
+
+
+def test_latest_override_wins_and_is_not_negated_by_a_flip(store: Store) -> None:
+    _, run_id, ids = annotated(store, [2.0, 1.0])
+    store.add_review(ids[0], "ann", "override", 0.5, run_id=run_id)
+    store.add_review(ids[0], "bob", "override", -0.25, run_id=run_id)
+    assert state_of(store, run_id, ids[0])["effective_margin"] == -0.25
+    store.add_review(ids[0], "cy", "flip", run_id=run_id)
+    row = state_of(store, run_id, ids[0])
+    assert row["flipped"] and row["effective_margin"] == -0.25 and row["override_margin"] == -0.25
+    store.add_review(ids[0], "cy", "accept", run_id=run_id)  # accept changes nothing
+    assert state_of(store, run_id, ids[0])["effective_margin"] == -0.25
+
+
+def test_flag_and_unflag(store: Store) -> None:
+    _, run_id, ids = annotated(store, [2.0, 1.0])
+    assert not state_of(store, run_id, ids[1])["flagged"]
+    store.add_review(ids[1], "ann", "flag", note="looks odd", run_id=run_id)
+    assert state_of(store, run_id, ids[1])["flagged"]
+    store.add_review(ids[1], "ann", "unflag", run_id=run_id)
+    assert not state_of(store, run_id, ids[1])["flagged"]
+    store.add_review(ids[1], "bob", "flag", run_id=run_id)
+    assert state_of(store, run_id, ids[1])["flagged"]
+    assert store.pair_state(ids[1], run_id) == ReviewState(
+        flipped=False, flagged=True, override=None, n_reviews=3, last_annotator="bob"
+    )
+
+
+def test_reviews_across_runs(store: Store) -> None:
+    """Flips and flags follow the pair; overrides and accepts stay in their run."""
+    dataset_id, run_a, ids = annotated(store, [2.0, 1.0])
+    run_b = store.start_run(dataset_id, store.add_direction(make_direction(seed=1)), {})
+    store.add_margins(run_b, ids, [3.0, -1.0])
+    store.add_review(ids[0], "ann", "override", 7.0, run_id=run_a)
+    store.add_review(ids[1], "ann", "flip", run_id=run_a)
+    b = store.run_frame(run_b).set_index("pair_id")
+    assert b.loc[ids[0], "effective_margin"] == 3.0 and b.loc[ids[0], "n_reviews"] == 0
+    assert b.loc[ids[1], "flipped"] and b.loc[ids[1], "effective_margin"] == 1.0
+    # A review without a run counts in every run.
+    store.add_review(ids[0], "ann", "override", 4.0)
+    assert state_of(store, run_b, ids[0])["effective_margin"] == 4.0
+    assert store.review_counts(run_b) == (2, 0)
+    # Deleting run A's direction drops its override but keeps the pair-level flip.
+    store.delete_direction(store.get_run(run_a).direction_id)
+    actions = [r.action for r in store.pair_history(ids[0])]
+    assert actions == ["override"]  # the run-less one
+    assert state_of(store, run_b, ids[1])["flipped"]
+
+
+def test_review_validation_changes_nothing(store: Store) -> None:
+    dataset_id, run_id, ids = annotated(store, [2.0, 1.0])
+    _, other_run, other_ids = annotated(store, [1.0], name="other")
+    before = store.counts()
+    bad = [
+        dict(action="like"),
+        dict(action="accept", annotator=""),
+        dict(action="accept", annotator="   "),
+        dict(action="override"),
+        dict(action="override", value=float("inf")),
+        dict(action="flip", value=1.0),
+        dict(action="accept", run_id=other_run),
+    ]
+    for kwargs in bad:
+        args = {"pair_id": ids[0], "annotator": "ann", **kwargs}
+        with pytest.raises(ValueError):
+            store.add_review(**args)
+    with pytest.raises(NotFoundError):
+        store.add_review(10_000, "ann", "accept")
+    assert store.counts() == before
+
+
+def test_pair_history_is_oldest_first_in_utc(store: Store) -> None:
+    _, run_id, ids = annotated(store, [2.0])
+    made = [
+        store.add_review(ids[0], "ann", "accept", run_id=run_id),
+        store.add_review(ids[0], "bob", "override", 1.5, note="too high", run_id=run_id),
+        store.add_review(ids[0], " cy ", "flag"),
+    ]
+    history = store.pair_history(ids[0])
+    assert [r.id for r in history] == made
+    assert [r.annotator for r in history] == ["ann", "bob", "cy"]
+    assert history[1].value == 1.5 and history[1].note == "too high"
+    assert history[2].run_id is None
+    for r in history:
+        assert r.created_at.utcoffset() == timedelta(0) and r.created_at.tzinfo == timezone.utc
+    assert history[0].created_at <= history[1].created_at <= history[2].created_at
+    assert any(r.created_at.microsecond for r in history)  # microseconds are kept
+
+
+# --- review queue ------------------------------------------------------------------------------
+
+
+def test_review_queue_order(store: Store) -> None:
+    values = [0.3, -2.0, 1.5, -0.1, 0.0, -2.0, 0.05]
+    _, run_id, ids = annotated(store, values)
+    queue = store.review_queue(run_id)
+    # Negative first, most negative first (ties by pair id), then |margin| ascending.
+    expected = [ids[i] for i in (1, 5, 3, 4, 6, 0, 2)]
+    assert queue == expected
+    assert store.review_queue(run_id, order="index") == ids
+    assert store.review_queue(run_id, pair_ids=[ids[0], ids[3], ids[5]]) == [ids[5], ids[3], ids[0]]
+    store.add_review(ids[1], "ann", "accept", run_id=run_id)
+    store.add_review(ids[3], "ann", "flip", run_id=run_id)
+    assert store.review_queue(run_id, unreviewed_only=True) == [ids[i] for i in (5, 4, 6, 0, 2)]
+    assert store.review_counts(run_id) == (2, 5)
+    with pytest.raises(ValueError, match="order"):
+        store.review_queue(run_id, order="random")  # type: ignore[arg-type]
+
+
+def test_next_pair_walks_the_queue(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=40), 1).tolist()  # rounding makes ties
+    _, run_id, ids = annotated(store, values)
+    for order in ("disagreement", "index"):
+        walked, current = [], store.next_pair(run_id, unreviewed_only=False, order=order)
+        while current is not None:
+            walked.append(current)
+            current = store.next_pair(run_id, current, unreviewed_only=False, order=order)
+        assert walked == store.review_queue(run_id, order=order)
+    queue = store.review_queue(run_id)
+    for pair_id in queue[:3] + queue[5:7]:
+        store.add_review(pair_id, "ann", "accept", run_id=run_id)
+    assert store.next_pair(run_id) == queue[3]
+    assert store.next_pair(run_id, queue[3]) == queue[4]
+    assert store.next_pair(run_id, queue[4]) == queue[7]  # skips reviewed ones
+    assert store.next_pair(run_id, queue[-1]) is None
+    assert store.next_pair(run_id, after_pair_id=10_000) == queue[3]  # unknown: from the start
+
+
+def test_100k_pairs_bulk_insert_and_fast_queue(store: Store) -> None:
+    n = 100_000
+    pairs = [
+        PreferencePair(f"Human: question {i}?\n\nAssistant:", "I won't help. " * 8, "Sure. " * 12)
+        for i in range(n)
+    ]
+    start = time.perf_counter()
+    dataset_id = store.add_dataset("big", pairs)
+    elapsed = time.perf_counter() - start
+    print(f"add_dataset of {n} pairs: {elapsed:.2f} s")
+    assert elapsed < 10
+    direction_id = store.add_direction(make_direction())
+    run_id = store.start_run(dataset_id, direction_id, {})
+    ids = [p.id for p in store.pairs_missing_margins(run_id)]
+    assert len(ids) == n
+    values = np.random.default_rng(1).normal(size=n)
+    store.add_margins(run_id, ids, values)
+    queue = store.review_queue(run_id)
+    assert queue[:3] == [ids[i] for i in np.argsort(values, kind="stable")[:3]]
+    for pair_id in queue[:200]:
+        store.add_review(pair_id, "ann", "accept", run_id=run_id)
+    timings = {}
+    for label, call in {
+        "first": lambda: store.next_pair(run_id),
+        "middle": lambda: store.next_pair(run_id, queue[n // 2]),
+        "index": lambda: store.next_pair(run_id, ids[n // 2], order="index"),
+        "counts": lambda: store.review_counts(run_id),
+    }.items():
+        store.next_pair(run_id)  # warm
+        start = time.perf_counter()
+        result = call()
+        timings[label] = time.perf_counter() - start
+        if label == "first":
+            assert result == queue[200]
+    print({k: f"{v * 1000:.1f} ms" for k, v in timings.items()})
+    assert max(timings["first"], timings["middle"], timings["index"]) < 0.05
+
+
+# --- embedding cache ---------------------------------------------------------------------------
+
+SPACE = EmbeddingSpace("tiny", "sha256:abc", "alpaca", "last", 2, 512)
+
+
+def test_text_key() -> None:
+    key = text_key("prompt", "response")
+    assert isinstance(key, bytes) and len(key) == 32
+    assert text_key("a", "bc") != text_key("ab", "c")
+
+
+def test_embedding_cache_round_trip_and_chunking(store: Store) -> None:
+    rng = np.random.default_rng(0)
+    items = {text_key(f"p{i}", "r"): rng.normal(size=64).astype(np.float32) for i in range(2_000)}
+    store.put_embeddings(SPACE, items)
+    keys = list(items) + [text_key("missing", "x")]
+    got = store.get_embeddings(SPACE, keys)
+    assert set(got) == set(items)
+    for key, vector in items.items():
+        assert got[key].dtype == np.float32
+        np.testing.assert_array_equal(got[key], vector.astype(np.float16).astype(np.float32))
+    # Idempotent: existing keys keep their vectors, new ones are added.
+    new_key = text_key("new", "r")
+    store.put_embeddings(SPACE, {keys[0]: np.zeros(64), new_key: np.ones(64)})
+    assert store.counts()["embeddings"] == 2_001
+    assert np.array_equal(store.get_embeddings(SPACE, [keys[0]])[keys[0]], got[keys[0]])
+    # Any field of the space separates caches.
+    other = EmbeddingSpace("tiny", "sha256:abc", "alpaca", "last", 3, 512)
+    assert store.get_embeddings(other, keys) == {}
+    assert store.counts()["embedding_spaces"] == 1
+
+
+def test_embedding_cache_keeps_values_beyond_float16_range(store: Store) -> None:
+    key = text_key("p", "huge")
+    vector = np.array([1e5, -3.0, 0.5], dtype=np.float32)
+    store.put_embeddings(SPACE, {key: vector})
+    np.testing.assert_array_equal(store.get_embeddings(SPACE, [key])[key], vector)
+    with pytest.raises(ValueError, match="NaN"):
+        store.put_embeddings(SPACE, {text_key("p", "nan"): np.array([np.nan])})
+    with pytest.raises(ValueError, match="32-byte"):
+        store.put_embeddings(SPACE, {b"short": np.ones(3)})
+
+
+def test_float16_cache_precision_on_hidden_states(store: Store) -> None:
+    """Measure what float16 storage costs on hidden-state-like vectors and on margins."""
+    rng = np.random.default_rng(42)
+    n, dim = 256, 2048
+    chosen = (rng.normal(size=(n, dim)) * 3).astype(np.float32)
+    rejected = (rng.normal(size=(n, dim)) * 3).astype(np.float32)
+    for block in (chosen, rejected):  # a few massive activations, as real LMs have
+        block[:, rng.choice(dim, 4, replace=False)] = 50 * rng.choice([-1, 1], size=(n, 4))
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+
+    keys_c = [text_key(f"p{i}", "c") for i in range(n)]
+    keys_r = [text_key(f"p{i}", "r") for i in range(n)]
+    store.put_embeddings(SPACE, dict(zip(keys_c + keys_r, [*chosen, *rejected], strict=True)))
+    got = store.get_embeddings(SPACE, keys_c + keys_r)
+    chosen16 = np.stack([got[k] for k in keys_c])
+    rejected16 = np.stack([got[k] for k in keys_r])
+
+    max_abs = float(np.abs(chosen16 - chosen).max())
+    cos = np.sum(chosen16 * chosen, 1) / (
+        np.linalg.norm(chosen16, axis=1) * np.linalg.norm(chosen, axis=1)
+    )
+    m32 = (chosen.astype(np.float64) - rejected) @ direction
+    m16 = (chosen16.astype(np.float64) - rejected16) @ direction
+    margin_err = np.abs(m16 - m32)
+    print(
+        f"float16 cache: max abs error {max_abs:.4g}, min cosine {cos.min():.8f}, "
+        f"margin max abs error {margin_err.max():.3g} (margin std {m32.std():.3g}), "
+        f"sign changes {int(np.sum(np.sign(m16) != np.sign(m32)))}/{n}"
+    )
+    assert max_abs <= 50 * 2**-11  # half an ulp at the largest magnitude
+    assert cos.min() > 0.999999
+    assert margin_err.max() < 1e-3 * m32.std()
+    assert np.corrcoef(m16, m32)[0, 1] > 0.999999
+
+
+# --- overview ----------------------------------------------------------------------------------
+
+
+def test_counts_keys(store: Store) -> None:
+    counts = store.counts()
+    for key in ("datasets", "pairs", "directions", "runs", "reviews", "contrast_sets"):
+        assert counts[key] == 0
+    annotated(store, [1.0, -1.0])
+    counts = store.counts()
+    assert (counts["datasets"], counts["pairs"], counts["runs"], counts["margins"]) == (1, 2, 1, 2)
