@@ -132,16 +132,16 @@ def cmd_annotate(args: argparse.Namespace) -> int:
             raise UserError("--pairs needs --out FILE.jsonl")
         if not args.direction:
             raise UserError("--pairs needs --direction PATH")
-        direction = load_direction(args.direction)
-        return _annotate_file(args, direction, agreement)
+        return _annotate_file(args, load_direction, agreement)
     return _annotate_stored(args, agreement)
 
 
-def _annotate_file(args: argparse.Namespace, direction, agreement) -> int:
+def _annotate_file(args: argparse.Namespace, load_direction, agreement) -> int:
     from legend_core.formats import read_pairs
     from legend_core.pipeline import annotate_pairs
 
-    report = read_pairs(args.pairs, format=args.format)
+    report = read_pairs(args.pairs, format=args.format)  # a bad file fails before any model work
+    direction = load_direction(args.direction)
     for warning in report.warnings[:20]:
         print(f"warning: {warning}", file=sys.stderr)
     pairs = report.pairs[: args.limit] if args.limit else report.pairs

@@ -6,7 +6,7 @@ This is where the model meets the maths: ``encode`` makes vectors, ``directions`
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from legend_core.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
-    from legend_core.store import Store
+    from legend_core.store import EmbeddingSpace, PairText, Store
 
 
 @dataclass
@@ -207,92 +207,137 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+# An engine turns pairs into (pairs, chosen vectors, rejected vectors) batches at one
+# layer; it may yield them in any order and in any batch sizes.
+PairEncoder = Callable[
+    [Sequence["PairText"]], Iterator[tuple[Sequence["PairText"], np.ndarray, np.ndarray]]
+]
+
+
+def local_engine(
+    lm: LoadedModel, direction: Direction, chunk_size: int = 256, **encode_options: Any
+) -> PairEncoder:
+    """Encode pairs in this process, ``chunk_size`` pairs at a time."""
+
+    def run(pairs: Sequence[PairText]):
+        for chunk in _chunks(pairs, chunk_size):
+            chosen, rejected = encode_pairs(
+                lm,
+                [p.prompt for p in chunk],
+                [p.chosen for p in chunk],
+                [p.rejected for p in chunk],
+                layers=[direction.layer],
+                settings=settings_of(direction),
+                **encode_options,
+            )
+            yield chunk, chosen.vectors[direction.layer], rejected.vectors[direction.layer]
+
+    return run
+
+
+def run_settings(direction: Direction) -> dict[str, Any]:
+    """What identifies a margin run besides its data set and direction."""
+    return {
+        "model": direction.model,
+        "model_fingerprint": direction.model_fingerprint,
+        "layer": direction.layer,
+        "template": direction.template,
+        "pooling": direction.pooling,
+        "max_length": direction.max_length,
+    }
+
+
+def embedding_space(direction: Direction) -> EmbeddingSpace:
+    """The embedding-cache space of the vectors a direction's margins need."""
+    from legend_core.store import EmbeddingSpace
+
+    return EmbeddingSpace(
+        model=direction.model,
+        model_fingerprint=direction.model_fingerprint,
+        template=direction.template,
+        pooling=direction.pooling,
+        layer=direction.layer,
+        max_length=direction.max_length,
+    )
+
+
 def annotate_dataset(
     store: Store,
-    lm: LoadedModel,
+    lm: LoadedModel | None,
     dataset_id: int,
     direction_id: int,
     chunk_size: int = 256,
     progress: Progress | None = None,
+    engine: PairEncoder | None = None,
     **encode_options: Any,
 ) -> int:
     """Compute (or finish computing) a stored data set's margins on a stored direction.
 
-    Resumable: margins are committed chunk by chunk, and a restarted run only computes
-    the pairs still missing. Embeddings come from the store's cache when the same texts
-    were already encoded with the same model and settings, so a second direction on the
-    same settings runs no forward pass at all.
+    Two phases. First, every text not yet in the store's embedding cache (same model,
+    weights and settings) is encoded and cached, chunk by chunk; a second direction on the
+    same settings therefore runs no forward pass at all. Then margins are computed from
+    the cached vectors and committed chunk by chunk. A run killed in either phase resumes
+    where it stopped and ends with the margins an uninterrupted run gives, since both
+    use the same stored (float16) vectors.
+
+    Args:
+        store: The database.
+        lm: The model, for the default local engine (None when ``engine`` is given).
+        dataset_id: A stored data set.
+        direction_id: A stored direction.
+        chunk_size: Pairs per cache write and per margin commit.
+        progress: ``progress(done, total)`` over pairs to encode, then pairs to finish.
+        engine: Where forward passes run; default: this process (see ``distributed``).
+        **encode_options: Passed to the encoder (batch sizes).
 
     Returns:
         The margin run's id.
     """
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.store import text_key
 
     direction = store.get_direction(direction_id)
-    check_compatible(lm, direction)
-    settings = settings_of(direction)
-    space = EmbeddingSpace(
-        model=direction.model,
-        model_fingerprint=lm.fingerprint,
-        template=settings.template,
-        pooling=settings.pooling,
-        layer=direction.layer,
-        max_length=settings.max_length,
-    )
-    run_id = store.start_run(
-        dataset_id,
-        direction_id,
-        {
-            "model": direction.model,
-            "model_fingerprint": lm.fingerprint,
-            "layer": direction.layer,
-            "template": settings.template,
-            "pooling": settings.pooling,
-            "max_length": settings.max_length,
-        },
-    )
+    if engine is None:
+        if lm is None:
+            raise ValueError("annotate_dataset needs a model or an engine")
+        check_compatible(lm, direction)
+        if not direction.model_fingerprint:
+            direction.model_fingerprint = lm.fingerprint
+        engine = local_engine(lm, direction, chunk_size, **encode_options)
+    space = embedding_space(direction)
+    run_id = store.start_run(dataset_id, direction_id, run_settings(direction))
     missing = store.pairs_missing_margins(run_id)
-    total, done = len(missing), 0
+
+    todo = []
+    for chunk in _chunks(missing, 4096):
+        keys = [text_key(p.prompt, r) for p in chunk for r in (p.chosen, p.rejected)]
+        cached = store.get_embeddings(space, keys)
+        todo += [
+            p
+            for i, p in enumerate(chunk)
+            if keys[2 * i] not in cached or keys[2 * i + 1] not in cached
+        ]
+    done = 0
     if progress:
-        progress(0, total)
+        progress(0, len(todo))
+    for pairs, chosen, rejected in engine(todo):
+        fresh: dict[bytes, np.ndarray] = {}
+        for p, c, r in zip(pairs, chosen, rejected):
+            fresh[text_key(p.prompt, p.chosen)] = c
+            fresh[text_key(p.prompt, p.rejected)] = r
+        store.put_embeddings(space, fresh)
+        done += len(pairs)
+        if progress:
+            progress(done, len(todo))
+
     for chunk in _chunks(missing, chunk_size):
         keys_chosen = [text_key(p.prompt, p.chosen) for p in chunk]
         keys_rejected = [text_key(p.prompt, p.rejected) for p in chunk]
-        cached = store.get_embeddings(space, keys_chosen + keys_rejected)
-
-        todo = [
-            (p, kc, kr)
-            for p, kc, kr in zip(chunk, keys_chosen, keys_rejected)
-            if kc not in cached or kr not in cached
-        ]
-        if todo:
-            # Both sides of a pair are encoded together so the prompt runs once; a side
-            # already cached is simply overwritten by the same vector's twin.
-            enc_c, enc_r = encode_pairs(
-                lm,
-                [p.prompt for p, _, _ in todo],
-                [p.chosen for p, _, _ in todo],
-                [p.rejected for p, _, _ in todo],
-                layers=[direction.layer],
-                settings=settings,
-                **encode_options,
-            )
-            fresh: dict[bytes, np.ndarray] = {}
-            for j, (_, kc, kr) in enumerate(todo):
-                fresh.setdefault(kc, enc_c.vectors[direction.layer][j])
-                fresh.setdefault(kr, enc_r.vectors[direction.layer][j])
-            new = {k: v for k, v in fresh.items() if k not in cached}
-            store.put_embeddings(space, new)
-            # Margins use the stored (float16-rounded) vectors either way, so a resumed
-            # run gives exactly what an uninterrupted one gives.
-            cached.update(store.get_embeddings(space, list(new)))
-
-        chosen = np.stack([cached[k] for k in keys_chosen])
-        rejected = np.stack([cached[k] for k in keys_rejected])
-        values = margins(chosen, rejected, direction.vector)
+        vectors = store.get_embeddings(space, keys_chosen + keys_rejected)
+        values = margins(
+            np.stack([vectors[k] for k in keys_chosen]),
+            np.stack([vectors[k] for k in keys_rejected]),
+            direction.vector,
+        )
         store.add_margins(run_id, [p.id for p in chunk], values.tolist())
-        done += len(chunk)
-        if progress:
-            progress(done, total)
     store.finish_run(run_id)
     return run_id

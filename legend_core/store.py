@@ -17,7 +17,8 @@ Review semantics, for a pair seen through a margin run:
   already relative to that orientation.
 - A pair is reviewed in a run when it has a counting review of any action.
 
-The only database-specific code is the marked SQLite section below.
+The only database-specific code is the marked "Database specifics" section below (SQLite's
+pragmas and file folder; a statistics refresh for PostgreSQL's planner).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import (
     Engine,
     Select,
@@ -47,9 +47,11 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    inspect,
     make_url,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -75,6 +77,8 @@ from legend_core.schema import (
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from legend_core.formats import ImportReport
 
 T = TypeVar("T")
@@ -83,6 +87,8 @@ T = TypeVar("T")
 INSERT_CHUNK = 2_000
 #: Values per ``IN (...)`` list: stays under SQLite's old 999-parameter limit.
 IN_CHUNK = 900
+#: Inserts at least this large refresh the planner's statistics (PostgreSQL).
+BIG_INSERT = 5_000
 #: Actions that are facts about the pair, whatever run they were made in.
 PAIR_ACTIONS = ("flip", "flag", "unflag")
 #: Largest magnitude float16 holds; larger vectors are cached as float32.
@@ -240,21 +246,19 @@ class ReviewState:
             return None
         return -computed if self.flipped else computed
 
-    def apply(self, action: str, value: float | None, annotator: str, counts: bool) -> None:
-        """Fold in one review (oldest first); ``counts`` says if it belongs to this run."""
+    def apply(self, action: str, value: float | None, annotator: str) -> None:
+        """Fold in one review that counts in this run (oldest first)."""
         if action == "flip":
             self.flipped = not self.flipped
         elif action in ("flag", "unflag"):
             self.flagged = action == "flag"
-        if not counts:
-            return
-        if action == "override":
+        elif action == "override":
             self.override = value
         self.n_reviews += 1
         self.last_annotator = annotator
 
 
-# --- SQLite specifics: the only dialect-specific code in the project ------------------------
+# --- Database specifics: the only dialect-specific code in the project ----------------------
 
 
 def _is_sqlite(url: str) -> bool:
@@ -278,7 +282,13 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-# --- end of SQLite specifics -----------------------------------------------------------------
+def _refresh_statistics(engine: Engine, tables: Sequence[str]) -> None:
+    """After a bulk insert, let PostgreSQL's planner see the new rows (it picks a sort over
+    the queue's index walk on stale statistics); SQLite plans well without them."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            for table in tables:
+                conn.execute(text(f"ANALYZE {table}"))
 
 
 def make_engine(url: str) -> Engine:
@@ -289,6 +299,9 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+# --- end of database specifics ---------------------------------------------------------------
 
 
 def _transient(exc: OperationalError) -> bool:
@@ -366,17 +379,23 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._migrate()
 
-    def _migrate(self) -> None:
-        from alembic import command
-        from alembic.runtime.migration import MigrationContext
+    def _revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
+    def _migrate(self) -> None:
+        """Upgrade to head (a cheap check first: Alembic loads only when there is work)."""
         from legend_core.migrations import HEAD, alembic_config
+
+        if self._revision() == HEAD:
+            return
+        from alembic import command
 
         for attempt in range(5):
             try:
                 with _MIGRATION_LOCK, self.engine.begin() as conn:
-                    if MigrationContext.configure(conn).get_current_revision() == HEAD:
-                        return
                     command.upgrade(alembic_config(conn), "head")
                 return
             except DBAPIError:
@@ -384,6 +403,8 @@ class Store:
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+                if self._revision() == HEAD:
+                    return
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -427,11 +448,14 @@ class Store:
                 return dataset.id
 
         try:
-            return _retry(work)
+            dataset_id = _retry(work)
         except IntegrityError as exc:
             if self._dataset_id(name) is not None:
                 raise ValueError(f"a data set named {name!r} already exists") from exc
             raise
+        if len(pairs) >= BIG_INSERT:
+            _refresh_statistics(self.engine, ["pairs"])
+        return dataset_id
 
     def _dataset_id(self, name: str) -> int | None:
         with self._session() as s:
@@ -519,6 +543,8 @@ class Store:
             .where(Pair.dataset_id == dataset_id)
             .order_by(Pair.idx)
         )
+        import pandas as pd
+
         columns = ["id", "idx", "prompt", "chosen", "rejected", "meta"]
         with self._session() as s:
             return pd.DataFrame([tuple(r) for r in s.execute(query)], columns=columns)
@@ -616,6 +642,8 @@ class Store:
     def delete_contrast_set(self, set_id: int) -> None:
         """Delete a contrastive set and its items."""
         with self._session() as s, s.begin():
+            if s.get(ContrastSet, set_id) is None:
+                raise NotFoundError(f"no contrastive set {set_id}")
             s.execute(delete(ContrastItemRow).where(ContrastItemRow.set_id == set_id))
             s.execute(delete(ContrastSet).where(ContrastSet.id == set_id))
 
@@ -814,6 +842,8 @@ class Store:
                     s.execute(insert(Margin), list(chunk_rows))
 
         _retry(work)
+        if len(ids) >= BIG_INSERT:
+            _refresh_statistics(self.engine, ["margins"])
 
     def finish_run(self, run_id: int) -> None:
         """Mark a run finished (it stays resumable: more margins may still be added)."""
@@ -825,6 +855,7 @@ class Store:
                 run.finished_at = utcnow()
 
         _retry(work)
+        _refresh_statistics(self.engine, ["margins", "reviews"])
 
     def list_runs(self, dataset_id: int | None = None) -> list[RunInfo]:
         """Margin runs, oldest first, optionally of one data set."""
@@ -870,6 +901,8 @@ class Store:
         effective_margin (relative to the exported chosen), flipped, flagged,
         last_annotator ("" if none), n_reviews.
         """
+        import pandas as pd
+
         with self._session() as s:
             run = self._run(s, run_id)
             rows = s.execute(
@@ -905,15 +938,14 @@ class Store:
     def _review_states(s: Session, run_id: int | None, pair_filter: Any) -> dict[int, ReviewState]:
         """Review states of the pairs matching ``pair_filter``, as seen in ``run_id``."""
         query = (
-            select(Review.pair_id, Review.run_id, Review.action, Review.value, Review.annotator)
+            select(Review.pair_id, Review.action, Review.value, Review.annotator)
             .join(Pair, Pair.id == Review.pair_id)
             .where(pair_filter, _counting(run_id))
             .order_by(Review.id)
         )
         states: dict[int, ReviewState] = {}
-        for pair_id, r_run, action, value, annotator in s.execute(query):
-            counts = run_id is None or r_run is None or r_run == run_id
-            states.setdefault(pair_id, ReviewState()).apply(action, value, annotator, counts)
+        for pair_id, action, value, annotator in s.execute(query):
+            states.setdefault(pair_id, ReviewState()).apply(action, value, annotator)
         return states
 
     def pair_state(self, pair_id: int, run_id: int | None = None) -> ReviewState:

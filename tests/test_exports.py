@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,16 @@ from legend_core.exports import export_dataset, export_frame
 from legend_core.formats import read_pairs, write_pairs
 from legend_core.store import Store
 from legend_core.types import PreferencePair
+from tests.test_store import fresh_db_url
 
 MARGINS = [1.5, -0.5, 0.25, -2.0, 3.0, 0.0]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'legend.db'}")
-    yield s
-    s.close()
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A store on a fresh SQLite file (or PostgreSQL schema, see tests/test_store.py)."""
+    with fresh_db_url(tmp_path) as url, Store(url) as s:
+        yield s
 
 
 @pytest.fixture
@@ -246,6 +248,7 @@ def test_huggingface_datasets_loads_the_export(store: Store, reviewed, tmp_path:
         assert ds["margin"] == EXPECTED_MARGIN
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_trl_reward_trainer_accepts_the_export(
     store: Store, reviewed, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

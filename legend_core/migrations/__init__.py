@@ -9,9 +9,10 @@ from ``$LEGEND_DB`` or the default of ``legend_core.config``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
@@ -27,6 +28,8 @@ def alembic_config(connection: Any = None, url: str | None = None) -> Config:
             through ``config.attributes``); when given, ``url`` is ignored.
         url: A database URL, for use without a connection.
     """
+    from alembic.config import Config
+
     cfg = Config()
     # configparser interpolation: a literal "%" in a path must be doubled.
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))

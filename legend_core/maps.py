@@ -1,0 +1,140 @@
+"""2-D maps of embeddings for the app: UMAP with a fixed seed, and PCA where UMAP does not fit.
+
+- ``pca``: every point, instant, deterministic (components sign-fixed).
+- ``umap``: a deterministic random sample of at most ``max_points`` points (UMAP is slow
+  on large sets), first reduced to ``PCA_DIMS`` dimensions by PCA. Sets smaller than
+  ``MIN_UMAP_POINTS`` get PCA instead: UMAP has no neighbourhood structure to find there.
+
+The result says what was done in one sentence (:attr:`Map2D.note`) for the page to show.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+MapMethod = Literal["umap", "pca"]
+MAP_METHODS: tuple[str, ...] = ("umap", "pca")
+#: UMAP above this many points is sampled down (UMAP's exact-neighbour path stays fast).
+DEFAULT_MAX_POINTS = 2000
+#: Below this, UMAP is replaced by PCA.
+MIN_UMAP_POINTS = 30
+#: Dimensions kept by the PCA step before UMAP.
+PCA_DIMS = 50
+
+
+@dataclass
+class Map2D:
+    """A 2-D layout of (some of) the rows of an embedding matrix.
+
+    Attributes:
+        coords: (k, 2) float32 coordinates.
+        index: (k,) row numbers of the input that were laid out, ascending.
+        method: ``umap`` or ``pca``: what was actually run.
+        n_total: Rows in the input.
+        note: One sentence for the page (what was run, on how many points).
+    """
+
+    coords: np.ndarray
+    index: np.ndarray
+    method: str
+    n_total: int
+    note: str
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.index) < self.n_total
+
+
+def sample_indices(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers of a deterministic random sample of at most ``max_points`` of ``n``."""
+    if max_points < 1:
+        raise ValueError("max_points must be at least 1")
+    if n <= max_points:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=max_points, replace=False))
+
+
+def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
+    """The first ``k`` principal-component scores of ``x`` (zero-padded if rank is lower).
+
+    Each component's sign is fixed (its largest-magnitude loading positive), so the same
+    input always gives the same picture.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array; got shape {x.shape}")
+    n = x.shape[0]
+    out = np.zeros((n, k), dtype=np.float64)
+    if n < 2:
+        return out.astype(np.float32)
+    centred = x - x.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    m = min(k, vt.shape[0])
+    components = vt[:m]
+    signs = np.sign(components[np.arange(m), np.abs(components).argmax(1)])
+    signs[signs == 0] = 1.0
+    out[:, :m] = centred @ (components * signs[:, None]).T
+    return out.astype(np.float32)
+
+
+def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """UMAP of ``x`` to 2-D with a fixed seed (PCA to ``PCA_DIMS`` dimensions first)."""
+    import umap as umap_learn  # slow import (numba): only when a map is asked for
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
+        x = pca(x, PCA_DIMS)
+    reducer = umap_learn.UMAP(
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbors, x.shape[0] - 1)),
+        random_state=seed,
+        n_jobs=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n_jobs/seed notices, spectral-init fallbacks
+        coords = reducer.fit_transform(x)
+    return np.asarray(coords, dtype=np.float32)
+
+
+def embed_2d(
+    x: np.ndarray,
+    method: MapMethod = "umap",
+    max_points: int = DEFAULT_MAX_POINTS,
+    seed: int = 0,
+    what: str = "points",
+) -> Map2D:
+    """Lay out the rows of ``x`` in 2-D.
+
+    Args:
+        x: (n, d) embeddings.
+        method: ``umap`` (sampled to ``max_points``) or ``pca`` (every row).
+        max_points: Largest number of rows UMAP is run on.
+        seed: Seed of the sample and of UMAP; the same inputs give the same map.
+        what: What a row is, for the note ("responses", "texts").
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array; got shape {x.shape}")
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown map method {method!r}; use umap or pca")
+    n = x.shape[0]
+    if method == "pca" or n < MIN_UMAP_POINTS:
+        index = np.arange(n)
+        why = "" if method == "pca" else f" (too few for UMAP, which needs {MIN_UMAP_POINTS})"
+        note = f"PCA of all {n:,} {what}{why}."
+        return Map2D(pca(x), index, "pca", n, note)
+    index = sample_indices(n, max_points, seed)
+    coords = umap(x[index], seed=seed)
+    if len(index) < n:
+        note = (
+            f"UMAP of a random sample of {len(index):,} of {n:,} {what} (seed {seed}); "
+            "choose PCA to see them all."
+        )
+    else:
+        note = f"UMAP of all {n:,} {what} (seed {seed})."
+    return Map2D(coords, index, "umap", n, note)

@@ -1,0 +1,231 @@
+"""What every page shares: the cached store, model and job registry, the sidebar, pickers,
+and the only ways data text is put on screen (plain text, never markdown or HTML)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import streamlit as st
+
+from legend_core import config
+from legend_core.jobs import Job, JobRegistry
+from legend_core.store import DatasetInfo, DirectionInfo, RunInfo, Store
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+# --- loaded once per process -----------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str) -> Store:
+    return Store(url)
+
+
+def store() -> Store:
+    """The database at ``LEGEND_DB`` (opened and migrated once per process)."""
+    return _store(config.database_url())
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> JobRegistry:
+    """Background jobs of this process (they outlive page switches and sessions)."""
+    return JobRegistry()
+
+
+@st.cache_resource(show_spinner=False)
+def _loaded() -> dict[tuple[str, str, str, bool], str]:
+    return {}
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _model(name: str, device: str, dtype: str, trust_remote_code: bool) -> Any:
+    from legend_core.models import load_model
+
+    lm = load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    _loaded()[(name, device, dtype, trust_remote_code)] = lm.label
+    return lm
+
+
+def model_choice() -> tuple[str, str, str, bool]:
+    """(name, device, dtype, trust_remote_code) as chosen in the sidebar."""
+    s = st.session_state
+    name = (s.get("model_name") or "").strip() or config.model_name()
+    return (
+        name,
+        s.get("model_device", "auto"),
+        s.get("model_dtype", "auto"),
+        bool(s.get("model_trust", False)),
+    )
+
+
+def model(name: str | None = None) -> Any:
+    """The loaded model (the sidebar's, or ``name`` with the sidebar's device and dtype);
+    None after showing why it could not be loaded."""
+    from legend_core.models import ModelLoadError
+
+    chosen, device, dtype, trust = model_choice()
+    try:
+        with st.spinner("Loading the model (once per process)…"):
+            return _model(name or chosen, device, dtype, trust)
+    except (ModelLoadError, ValueError, OSError) as error:
+        plain_error("The model could not be loaded.", str(error))
+        return None
+
+
+# --- sidebar ---------------------------------------------------------------------------------
+
+
+def _keep(key: str, default: Any) -> dict[str, Any]:
+    """Widget arguments that keep a sidebar value in session state under ``key``, whatever
+    page is shown (the widget's own state is seeded from it and saved back on change)."""
+    widget = f"_w_{key}"
+    if widget not in st.session_state:
+        st.session_state[widget] = st.session_state.get(key, default)
+
+    def save() -> None:
+        st.session_state[key] = st.session_state[widget]
+
+    return {"key": widget, "on_change": save}
+
+
+def sidebar() -> None:
+    """The annotator's name, the model in use, and work running in the background."""
+    with st.sidebar:
+        st.text_input(
+            "Your name (recorded on every review)",
+            placeholder="e.g. alex",
+            **_keep("annotator", ""),
+        )
+        name, device, dtype, trust = model_choice()
+        st.caption("Model in use")
+        st.text(name if name != config.DEFAULT_MODEL else "default (SmolLM2-135M-Instruct)")
+        loaded = (name, device, dtype, trust) in _loaded()
+        st.caption(f"{device} · {dtype} · " + ("loaded" if loaded else "loads when first needed"))
+        with st.expander("Change model"):
+            st.text_input(
+                "Model: default, a local folder or a hub id",
+                help="A hub id must already be in the local cache: nothing is downloaded.",
+                **_keep("model_name", config.model_name()),
+            )
+            st.selectbox("Device", DEVICES, **_keep("model_device", "auto"))
+            st.selectbox("Data type", DTYPES, **_keep("model_dtype", "auto"))
+            st.checkbox(
+                "Trust the model's own code",
+                help="Runs code shipped with the model. Only for models whose authors you trust.",
+                **_keep("model_trust", False),
+            )
+        running = jobs().running()
+        if running:
+            st.caption("Running in the background")
+            for job in running:
+                st.progress(job.fraction, text=job.label)
+
+
+def annotator() -> str:
+    """The annotator's name from the sidebar ("" if not given)."""
+    return (st.session_state.get("annotator") or "").strip()
+
+
+# --- plain text only -------------------------------------------------------------------------
+
+
+def plain(text: str, height: int | None = None) -> None:
+    """Untrusted text, shown verbatim (no markdown, no HTML), wrapped, in a code box."""
+    st.code(text if text else " ", language=None, wrap_lines=True, height=height or "content")
+
+
+def plain_error(title: str, message: str) -> None:
+    """An error: a fixed title (ours), then the message as plain text (it may quote data)."""
+    st.error(title, icon=":material/error:")
+    st.text(message)
+
+
+def empty(message: str, page: str | None = None, label: str | None = None) -> None:
+    """An empty state: what is missing, and a link to where to fix it."""
+    st.info(message, icon=":material/info:")
+    if page and label:
+        st.page_link(page, label=label, icon=":material/arrow_forward:")
+
+
+# --- pickers (the choice is shared between pages) --------------------------------------------
+
+
+def _pick(
+    label: str,
+    options: Sequence[int],
+    names: dict[int, str],
+    shared: str,
+    key: str,
+    help: str | None = None,
+) -> int | None:
+    if not options:
+        return None
+    if key not in st.session_state and st.session_state.get(shared) in options:
+        st.session_state[key] = st.session_state[shared]
+    choice = st.selectbox(label, options, format_func=names.__getitem__, key=key, help=help)
+    st.session_state[shared] = choice
+    return choice
+
+
+def pick_dataset(s: Store, key: str) -> DatasetInfo | None:
+    """A data set picker; the choice carries over to other pages."""
+    infos = {d.id: d for d in s.list_datasets()}
+    names = {i: f"{d.name}  (#{i}, {d.n_pairs:,} pairs)" for i, d in infos.items()}
+    choice = _pick("Data set", list(infos), names, "sel_dataset", f"{key}_dataset")
+    return None if choice is None else infos[choice]
+
+
+def pick_direction(
+    s: Store, key: str, only: Callable[[DirectionInfo], bool] | None = None
+) -> DirectionInfo | None:
+    """A direction picker (optionally restricted); the choice carries over to other pages."""
+    infos = {d.id: d for d in s.list_directions() if only is None or only(d)}
+    names = {i: direction_name(d) for i, d in infos.items()}
+    choice = _pick("Direction", list(infos), names, "sel_direction", f"{key}_direction")
+    return None if choice is None else infos[choice]
+
+
+def direction_name(d: DirectionInfo) -> str:
+    auroc = "" if d.auroc is None else f", AUROC {d.auroc:.2f}"
+    return f"{d.name or 'unnamed'}  (#{d.id}, layer {d.layer}{auroc})"
+
+
+def pick_run(s: Store, key: str) -> RunInfo | None:
+    """A data set, then one of the directions it has margins for: that margin run."""
+    dataset = pick_dataset(s, key)
+    if dataset is None:
+        return None
+    runs = {r.direction_id: r for r in s.list_runs(dataset.id) if r.n_margins > 0}
+    direction = pick_direction(s, key, only=lambda d: d.id in runs)
+    return None if direction is None else runs[direction.id]
+
+
+# --- background work -------------------------------------------------------------------------
+
+
+@st.fragment(run_every=1.0)
+def _poll(key: str) -> None:
+    job = jobs().get(key)
+    if job is None:
+        return
+    if not job.running:
+        st.rerun()
+    total = f" {job.done:,} of {job.total:,}" if job.total else ""
+    st.progress(
+        job.fraction,
+        text=f"{job.label}:{total} · {job.elapsed:.0f} s · "
+        "you can leave this page, the work goes on",
+    )
+
+
+def job(key: str) -> Job | None:
+    """The job under ``key``; while it runs, a progress bar that refreshes every second."""
+    current = jobs().get(key)
+    if current is not None and current.running:
+        _poll(key)
+    elif current is not None and current.status == "failed":
+        plain_error(f"{current.label} failed.", current.error)
+    return current

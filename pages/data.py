@@ -1,0 +1,148 @@
+"""Data: import preference data sets and contrastive sets; see what is stored."""
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from legend_core import formats
+from pages import _common as ui
+
+SUFFIXES = ["jsonl", "ndjson", "json", "csv", "tsv", "parquet", "pq"]
+UPLOADS = Path(tempfile.gettempdir()) / "legend-studio-uploads"
+
+st.title("Data")
+s = ui.store()
+
+
+def source(kind: str) -> Path | None:
+    """An uploaded file (saved under its own name in a private folder) or a local path."""
+    upload = st.file_uploader(f"Upload a {kind} file", type=SUFFIXES, key=f"{kind}_upload")
+    path = st.text_input(
+        "…or the path of a file on this machine", key=f"{kind}_path", placeholder="/data/x.jsonl"
+    )
+    if upload is not None:
+        folder = UPLOADS / upload.file_id
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / (Path(upload.name).name or "upload")
+        if not target.exists():
+            target.write_bytes(upload.getvalue())
+        return target
+    if path.strip():
+        local = Path(path.strip()).expanduser()
+        if not local.is_file():
+            ui.plain_error("No such file.", str(local))
+            return None
+        return local
+    return None
+
+
+pairs_tab, contrast_tab = st.tabs(["Preference pairs", "Contrastive sets"])
+
+with pairs_tab:
+    st.caption(
+        "JSONL, JSON, CSV, TSV or Parquet: TRL (prompt, chosen, rejected, also conversational), "
+        "HH-RLHF dialogues or PKU-SafeRLHF. The format is detected; a file with a problem is "
+        "refused whole, with the line and field at fault."
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        path = source("pairs")
+    with right:
+        fmt = st.selectbox("Format", ["auto", *formats.PAIR_FORMATS], key="pairs_format")
+        with st.expander("Column names (for other layouts)"):
+            st.caption("Leave empty to use the format's own names.")
+            mapping = {
+                field: st.text_input(field, key=f"map_{field}").strip()
+                for field in ("prompt", "chosen", "rejected")
+            }
+    mapping = {k: v for k, v in mapping.items() if v} or None
+    if path is not None:
+        try:
+            report = formats.read_pairs(path, format=fmt, mapping=mapping)
+        except (formats.FormatError, ValueError, OSError) as error:
+            ui.plain_error("This file cannot be imported.", str(error))
+        else:
+            st.success(
+                f"Detected format: {report.format} · {report.rows_read:,} pairs · "
+                f"{len(report.warnings):,} warnings · {len(report.duplicates):,} duplicates",
+                icon=":material/check_circle:",
+            )
+            preview = formats.pairs_to_frame(report.pairs[:20])
+            st.dataframe(preview, hide_index=True, height=260)
+            if report.warnings:
+                with st.expander("Warnings (pairs are kept)"):
+                    st.dataframe(pd.DataFrame({"warning": report.warnings[:500]}), hide_index=True)
+            name = st.text_input("Name of the data set", value=path.stem, key="pairs_name")
+            if st.button("Import", type="primary", key="pairs_import", icon=":material/upload:"):
+                try:
+                    new_id = s.add_dataset(
+                        name, report.pairs, source=path.name, format=report.format
+                    )
+                except ValueError as error:
+                    ui.plain_error("Not imported.", str(error))
+                else:
+                    st.session_state["sel_dataset"] = new_id
+                    st.toast(f"Imported {report.rows_read:,} pairs as data set #{new_id}.")
+
+    st.subheader("Data sets")
+    datasets = s.list_datasets()
+    if not datasets:
+        ui.empty("No data sets yet: upload one above, or load the demo on Home.")
+    else:
+        table = pd.DataFrame(
+            [
+                (d.id, d.name, d.format, d.n_pairs, d.n_runs, d.n_reviewed, d.created_at)
+                for d in datasets
+            ],
+            columns=["id", "name", "format", "pairs", "margin runs", "reviewed", "created"],
+        )
+        st.dataframe(table, hide_index=True)
+        chosen = ui.pick_dataset(s, "data")
+        if chosen is not None:
+            st.caption("First 100 pairs")
+            frame = s.dataset_frame(chosen.id).head(100)
+            st.dataframe(frame.drop(columns=["meta"]), hide_index=True, height=260)
+            with st.expander("Delete this data set"):
+                st.caption("Deletes its pairs, margin runs and reviews. There is no undo.")
+                sure = st.checkbox("I am sure", key="delete_sure")
+                if st.button("Delete", disabled=not sure, key="delete_dataset"):
+                    s.delete_dataset(chosen.id)
+                    st.session_state.pop("sel_dataset", None)
+                    st.rerun()
+
+with contrast_tab:
+    st.caption(
+        "A contrastive set: instruction, harmful, harmless (CSV or JSONL); or AdvBench "
+        "(goal, target) with one refusal as every harmless response."
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        cpath = source("contrast")
+    with right:
+        cfmt = st.selectbox("Format", ["auto", *formats.CONTRAST_FORMATS], key="contrast_format")
+        refusal = st.text_input(
+            "Refusal (AdvBench only)", value=formats.PAPER_REFUSAL, key="contrast_refusal"
+        )
+    if cpath is not None:
+        cname = st.text_input("Name of the contrastive set", value=cpath.stem, key="cname")
+        if st.button("Import contrastive set", type="primary", key="contrast_import"):
+            try:
+                set_id = s.import_contrast_file(cpath, format=cfmt, name=cname, refusal=refusal)
+            except (formats.FormatError, ValueError, OSError) as error:
+                ui.plain_error("This file cannot be imported.", str(error))
+            else:
+                st.session_state["sel_contrast"] = set_id
+                st.toast(f"Imported contrastive set #{set_id}.")
+    sets = s.list_contrast_sets()
+    if not sets:
+        ui.empty("No contrastive sets yet: import one above, or load the demo on Home.")
+    else:
+        st.dataframe(
+            pd.DataFrame(
+                [(c.id, c.name, c.n_items, c.source, c.created_at) for c in sets],
+                columns=["id", "name", "items", "source", "created"],
+            ),
+            hide_index=True,
+        )

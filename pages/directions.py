@@ -1,0 +1,211 @@
+"""Direction lab: build a safety direction from a contrastive set, judge it, save it, compare."""
+
+import dataclasses
+import uuid
+
+import pandas as pd
+import streamlit as st
+
+from legend_core import charts, config, explore, pipeline
+from legend_core.directions import METHODS
+from legend_core.encode import POOLINGS, TEMPLATES, EncodeSettings
+from pages import _common as ui
+
+st.title("Direction lab")
+st.caption(
+    "A direction points from harmful toward harmless responses in one layer's hidden states. "
+    "It is fitted on part of the contrastive set; every number below is measured on the "
+    "held-out rest."
+)
+s = ui.store()
+
+# --- settings and contrastive set ------------------------------------------------------------
+left, right = st.columns([1, 2], gap="large")
+with left:
+    st.subheader("Settings")
+    template = st.selectbox(
+        "Template",
+        TEMPLATES,
+        index=TEMPLATES.index(config.DEFAULT_TEMPLATE),
+        help="alpaca: the paper's; chat: the model's chat template; plain: prompt and response.",
+    )
+    pooling = st.selectbox(
+        "Pooling",
+        POOLINGS,
+        index=POOLINGS.index(config.DEFAULT_POOLING),
+        help="last: the last token (the paper); mean: mean over the response tokens.",
+    )
+    method = st.selectbox(
+        "Method",
+        METHODS,
+        index=METHODS.index(config.DEFAULT_METHOD),
+        help="mean_diff: the paper's mean difference; pca: first principal component of the "
+        "differences; logistic: a logistic-regression probe.",
+    )
+    best = st.toggle("Pick the layer by held-out AUROC", value=True)
+    layer = "best" if best else int(st.number_input("Layer", min_value=1, value=1, step=1))
+    with st.expander("More"):
+        test_fraction = st.slider("Held-out share", 0.1, 0.5, 0.25, 0.05)
+        seed = int(st.number_input("Seed of the split", min_value=0, value=0, step=1))
+        max_length = int(st.number_input("Max tokens per text", 16, 8192, 512, 16))
+
+with right:
+    st.subheader("Contrastive set")
+    sets = {c.id: c for c in s.list_contrast_sets()}
+    options = [*sets, 0]
+    if "lab_set" not in st.session_state and st.session_state.get("sel_contrast") in sets:
+        st.session_state["lab_set"] = st.session_state["sel_contrast"]
+    set_id = st.selectbox(
+        "Start from",
+        options,
+        key="lab_set",
+        format_func=lambda i: (
+            f"{sets[i].name}  (#{i}, {sets[i].n_items} items)" if i else "an empty table"
+        ),
+    )
+    st.session_state["sel_contrast"] = set_id
+    start = (
+        explore.contrast_frame(s.get_contrast_items(set_id))
+        if set_id
+        else pd.DataFrame(columns=explore.CONTRAST_COLUMNS)
+    )
+    edited = st.data_editor(
+        start,
+        num_rows="dynamic",
+        hide_index=True,
+        height=300,
+        key=f"lab_editor_{set_id}",
+        column_config={
+            c: st.column_config.TextColumn(c, width="medium") for c in explore.CONTRAST_COLUMNS
+        },
+    )
+    st.caption("Add, change or delete rows; the build uses the table as it is now.")
+
+try:
+    items = explore.contrast_items(edited)
+except ValueError as error:
+    items = []
+    ui.plain_error("The table has a half-filled row.", str(error))
+
+with left:
+    save_as = st.text_input("Save the edited set as (optional)", key="lab_save_set")
+    if st.button("Save set", disabled=not (save_as.strip() and items)):
+        try:
+            st.session_state["sel_contrast"] = s.add_contrast_set(save_as, items, source="lab")
+        except ValueError as error:
+            ui.plain_error("Not saved.", str(error))
+        else:
+            st.session_state.pop("lab_set", None)
+            st.rerun()
+    build = st.button(
+        f"Build on {len(items)} items",
+        type="primary",
+        disabled=len(items) < 4,
+        icon=":material/build:",
+        help="Needs at least 4 complete rows.",
+    )
+
+if build:
+    lm = ui.model()
+    if lm is not None:
+        key = f"build:{uuid.uuid4().hex}"
+        st.session_state["lab_job"] = key
+        st.session_state["lab_items"] = items
+        ui.jobs().start(
+            key,
+            "Building the direction",
+            pipeline.build_direction,
+            lm,
+            items,
+            EncodeSettings(template, pooling, max_length),
+            method=method,
+            layer=layer,
+            test_fraction=test_fraction,
+            seed=seed,
+            contrast_name=sets[set_id].name if set_id else "edited in the lab",
+        )
+
+# --- the result ------------------------------------------------------------------------------
+job_key = st.session_state.get("lab_job")
+job = ui.job(job_key) if job_key else None
+if job is not None and job.status == "done":
+    result = job.result
+    d = result.direction
+    q = d.layer_quality
+    st.divider()
+    st.subheader("How good is it?")
+    st.caption(
+        f"{d.method} on {d.template}/{d.pooling}, layer {d.layer} of the model "
+        f"({d.n_train} items to fit, {d.n_test} held out)."
+    )
+    m = st.columns(6)
+    m[0].metric("Layer", d.layer)
+    m[1].metric("AUROC", f"{q.auroc:.3f}", help="Chance that a harmless text projects higher.")
+    m[2].metric("Accuracy", f"{q.accuracy:.3f}", help="Held-out texts on the right side.")
+    m[3].metric("Separation", f"{q.separation:.2f}", help="Cohen's d of the two classes.")
+    m[4].metric("Stability", f"{q.stability:.3f}", help="Cosine of two half-set directions.")
+    m[5].metric("Length R²", f"{q.length_r2:.3f}", help="High: the direction measures length.")
+    layers = explore.layer_frame(d)
+    t1, t2, t3, t4 = st.tabs(["Per layer", "Held-out projections", "Length check", "Map"])
+    with t1:
+        st.plotly_chart(charts.layer_chart(layers))
+        st.dataframe(layers, hide_index=True)
+    with t2:
+        st.plotly_chart(charts.projection_histogram(explore.projection_frame(result)))
+        st.caption("Two well-separated humps: the direction tells refusals from compliance.")
+    with t3:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(charts.length_r2_chart(layers))
+        c2.plotly_chart(charts.length_scatter(explore.length_frame(result)))
+        st.caption("If projection rises with length, the direction partly measures length.")
+    with t4:
+
+        @st.cache_data(show_spinner="Laying out the map…", max_entries=8)
+        def contrast_map(key: str, _result, _items):  # keyed by the build job
+            return explore.contrast_map_frame(_result, _items)
+
+        frame, note = contrast_map(job_key, result, st.session_state.get("lab_items"))
+        st.plotly_chart(charts.contrast_map(frame))
+        st.caption(note)
+
+    st.subheader("Save")
+    saved = st.session_state.setdefault("lab_saved", {})
+    default = f"{d.contrast_name} · {d.method} · layer {d.layer}"
+    name = st.text_input("Name", value=default, key=f"lab_name_{job_key}")
+    if job_key in saved:
+        st.success(f"Saved as direction #{saved[job_key]}.", icon=":material/check_circle:")
+    elif st.button("Save direction", type="primary", icon=":material/save:"):
+        new_id = s.add_direction(dataclasses.replace(d, name=name.strip() or default))
+        saved[job_key] = new_id
+        st.session_state["sel_direction"] = new_id
+        st.rerun()
+
+# --- compare saved directions ----------------------------------------------------------------
+st.divider()
+st.subheader("Saved directions")
+stored = s.list_directions()
+if not stored:
+    ui.empty("No saved directions yet: build one above and save it.")
+else:
+    st.dataframe(
+        pd.DataFrame(
+            [
+                (d.id, d.name, d.model, d.layer, d.pooling, d.method, d.auroc, d.n_runs)
+                for d in stored
+            ],
+            columns=["id", "name", "model", "layer", "pooling", "method", "AUROC", "runs"],
+        ),
+        hide_index=True,
+    )
+    if len(stored) > 1:
+        picked = st.multiselect(
+            "Compare",
+            [d.id for d in stored],
+            default=[d.id for d in stored][-6:],
+            format_func={d.id: ui.direction_name(d) for d in stored}.__getitem__,
+        )
+        if len(picked) > 1:
+            pairs = [(f"#{i}", s.get_direction(i)) for i in picked]
+            matrix = explore.direction_similarity(pairs)
+            st.plotly_chart(charts.similarity_heatmap(matrix))
+            st.caption("Cosine similarity; blank where the models differ (not comparable).")

@@ -1,0 +1,173 @@
+"""The app's main path on the tiny model: demo -> direction -> margins -> review -> export,
+checking what each page shows and what it writes to the database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from legend_core import demo
+from legend_core.store import Store
+from tests.app_support import app, button, goto, metrics, problems, wait_until
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A database where the app built and saved a direction and computed margins."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('flow') / 'legend.db'}"
+    demo.load_demo(Store(url))
+    monkeypatch = pytest.MonkeyPatch()
+    at = app(monkeypatch, url, tiny_model_dir).run()
+
+    goto(at, "directions")
+    button(at, "Build on 80 items").click().run()
+    wait_until(at, lambda: "AUROC" in metrics(at))
+    assert not problems(at)
+    shown = metrics(at)
+    assert set(shown) >= {"Layer", "AUROC", "Accuracy", "Separation", "Stability", "Length R²"}
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 4  # per layer, held-out histogram, length (two), map
+    at.text_input(key=next(t.key for t in at.text_input if t.key.startswith("lab_name_"))).input(
+        "lab direction"
+    ).run()
+    button(at, "Save direction").click().run()
+    assert not problems(at)
+    (direction,) = Store(url).list_directions()
+    assert direction.name == "lab direction"
+
+    goto(at, "explore")
+    button(at, "Compute margins").click().run()
+    wait_until(at, lambda: "Agreement" in metrics(at))
+    assert not problems(at)
+    yield url, at, direction
+    monkeypatch.undo()
+
+
+def test_build_save_and_annotate_write_the_database(flow):
+    url, at, direction = flow
+    store = Store(url)
+    (run,) = store.list_runs()
+    assert run.direction_id == direction.id and run.n_margins == 52 == run.n_pairs
+    assert run.status == "finished"
+    assert metrics(at)["Pairs with a margin"] == "52"
+    captions = " ".join(c.value for c in at.caption)
+    assert "UMAP of all 104 responses" in captions
+    assert "Compute margins" not in [b.label for b in at.button]
+
+
+def test_explore_filters_and_sends_pairs_to_review(flow):
+    url, at, _ = flow
+    goto(at, "explore")
+    at.selectbox(key="explore_sign").select("negative").run()
+    negatives = Store(url).run_frame(Store(url).list_runs()[0].id)
+    n_neg = int((negatives["effective_margin"] < 0).sum())
+    assert f"{n_neg:,} of 52 pairs pass the filter." in [c.value for c in at.caption]
+    button(at, "Review the", startswith=True)  # the selection button exists (disabled)
+    send = [b for b in at.button if b.label.endswith("filtered pairs")][0]
+    send.click().run()
+    assert not problems(at)
+    queued = at.session_state["review_selection"]["pair_ids"]
+    assert len(queued) == n_neg
+    goto(at, "review")
+    assert metrics(at)["Pair"] == f"1 of {n_neg}"
+    at.session_state["review_source"] = "all"
+    at.run()
+    assert metrics(at)["Pair"] == "1 of 52"
+
+
+def test_review_actions_are_stored_with_the_annotator(flow):
+    url, at, _ = flow
+    store = Store(url)
+    run_id = store.list_runs()[0].id
+    queue = store.review_queue(run_id)
+    goto(at, "review")
+    at.session_state["review_source"] = "all"
+    at.run()
+    # Without a name, every action is disabled.
+    at.session_state["annotator"] = ""
+    at.session_state["_w_annotator"] = ""
+    at.run()
+    assert all(button(at, label).disabled for label in ("Accept", "Flip", "Flag", "Override"))
+    assert any("Enter your name" in w.value for w in at.warning)
+
+    at.session_state["annotator"] = "alice"
+    at.session_state["_w_annotator"] = "alice"
+    at.session_state["review_current"] = queue[0]
+    at.run()
+    first = queue[0]
+    assert metrics(at)["Pair"] == "1 of 52"
+    at.text_input(key=f"note_{first}").input("looks wrong").run()
+    button(at, "Accept").click().run()
+    assert metrics(at)["Pair"] == "2 of 52"  # moved on
+    at.number_input(key=f"override_{queue[1]}").set_value(2.5).run()
+    button(at, "Override").click().run()
+    button(at, "Flip").click().run()
+    button(at, "Flag").click().run()
+    assert not problems(at)
+    history = [(r.pair_id, r.annotator, r.action, r.value, r.note) for r in _reviews(store, queue)]
+    assert history == [
+        (queue[0], "alice", "accept", None, "looks wrong"),
+        (queue[1], "alice", "override", 2.5, ""),
+        (queue[2], "alice", "flip", None, ""),
+        (queue[3], "alice", "flag", None, ""),
+    ]
+    assert metrics(at)["Pair"] == "5 of 52"
+    assert "4 reviewed · 48 remaining" in _progress_text(at)
+
+    # Previous goes back; the pair shows its state and its history.
+    button(at, "Previous").click().run()
+    assert metrics(at)["State"] == "flagged"
+    table = at.dataframe[-1].value
+    assert table["annotator"].tolist() == ["alice"] and table["action"].tolist() == ["flag"]
+
+
+def test_two_annotators_see_each_others_reviews(flow, tiny_model_dir):
+    url, _, _ = flow
+    store = Store(url)
+    run_id = store.list_runs()[0].id
+    pair = store.review_queue(run_id)[10]
+    monkeypatch = pytest.MonkeyPatch()
+    bob = app(monkeypatch, url, tiny_model_dir)
+    bob.session_state["annotator"] = "bob"
+    bob.session_state["review_current"] = pair
+    bob.run()
+    goto(bob, "review")
+    assert bob.dataframe == [] or "alice" not in bob.dataframe[-1].value.to_string()
+    store.add_review(pair, "carol", "override", value=-1.0, note="other tab", run_id=run_id)
+    bob.run()  # any rerun re-reads the database
+    history = bob.dataframe[-1].value
+    assert history["annotator"].tolist() == ["carol"]
+    assert metrics(bob)["Effective margin"] == "-1.000"
+    monkeypatch.undo()
+
+
+def test_export_downloads_reviewed_margins_and_manifest(flow):
+    url, at, _ = flow
+    store = Store(url)
+    run_id = store.list_runs()[0].id
+    goto(at, "export")
+    assert at.dataframe[0].value.columns.tolist()[:4] == ["prompt", "chosen", "rejected", "margin"]
+    at.checkbox(key="export_provenance").check().run()
+    at.checkbox(key="export_reviewed").check().run()
+    button(at, "Export", startswith=True).click().run()
+    assert not problems(at)
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
+    manifest = json.loads(at.get("json")[0].proto.body)
+    assert manifest["format"] == "jsonl" and manifest["filters"]["reviewed_only"] is True
+    assert manifest["run"]["id"] == run_id
+    rows = store.run_frame(run_id)
+    assert manifest["counts"]["rows"] == int((rows["n_reviews"] > 0).sum() - rows["flagged"].sum())
+
+
+def _reviews(store: Store, pair_ids):
+    out = []
+    for pair in pair_ids[:4]:
+        out += store.pair_history(pair)
+    return sorted(out, key=lambda r: r.id)
+
+
+def _progress_text(at) -> str:
+    return " ".join(str(p.proto.text) for p in at.get("progress"))

@@ -1,0 +1,112 @@
+"""The `legend` command on a tiny model: defaults, outputs, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from legend_core import config
+from legend_core.cli import main
+from legend_core.directions import load_direction
+from tests.conftest import ROOT
+
+
+def test_build_direction_then_annotate_a_file(tmp_path, capsys, tiny_model_dir):
+    out = tmp_path / "d"
+    assert main(["build-direction", "--out", str(out), "--model", str(tiny_model_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "layer  accuracy  auroc" in printed and "*" in printed
+    direction = load_direction(out)
+    assert direction.contrast_name == config.DEMO_CONTRAST.name
+    assert direction.pooling == config.DEFAULT_POOLING and direction.method == config.DEFAULT_METHOD
+    assert direction.model == str(tiny_model_dir)
+
+    result = tmp_path / "m.jsonl"
+    code = main(
+        [
+            "annotate",
+            "--pairs",
+            str(config.DEMO_PAIRS),
+            "--direction",
+            str(out),
+            "--out",
+            str(result),
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]
+    source = [json.loads(line) for line in config.DEMO_PAIRS.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [s["prompt"] for s in source]
+    assert all(set(r) == {"prompt", "chosen", "rejected", "margin"} for r in rows)
+    assert all(isinstance(r["margin"], float) for r in rows)
+    assert "positive margin" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            [
+                "annotate",
+                "--pairs",
+                "tests/hostile/bad_json_line3.jsonl",
+                "--direction",
+                "x",
+                "--out",
+                "o.jsonl",
+            ],
+            "line 3",
+        ),
+        (["build-direction", "--out", "d", "--contrast", "no/such/file.csv"], "file.csv"),
+        (["build-direction", "--out", "d", "--model", "/no/such/model"], "does not exist"),
+        (
+            [
+                "build-direction",
+                "--out",
+                "d",
+                "--contrast",
+                "../shared/data/advbench/harmful_behaviors.csv",
+            ],
+            "refusal",
+        ),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "legend_core", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert expected in done.stderr
+    assert done.stderr.strip().startswith("legend: error:")
+
+
+def test_import_review_export_through_the_shell(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["import", str(config.DEMO_PAIRS), "--name", "demo", "--db", db]) == 0
+    assert "data set 1: 52 pairs (trl)" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "review",
+                "--pair",
+                "1",
+                "--action",
+                "flag",
+                "--annotator",
+                "ana",
+                "--note",
+                "check",
+                "--db",
+                db,
+            ]
+        )
+        == 0
+    )
+    history = capsys.readouterr().out
+    assert "ana  flag" in history and "(check)" in history
+    assert main(["review", "--pair", "1", "--action", "flag", "--db", db]) == 2
