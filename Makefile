@@ -7,9 +7,7 @@ run:
 	.venv/bin/streamlit run app.py
 
 test:
-	scripts/setup.sh --test
-	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	scripts/test.sh
 
 bench:
 	scripts/setup.sh

@@ -29,11 +29,12 @@ def escape(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _layout(fig: go.Figure, height: int = 360, **kwargs: object) -> go.Figure:
+def _layout(fig: go.Figure, height: int = 360, title: str = "", **kwargs: object) -> go.Figure:
     fig.update_layout(
         height=height,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        margin={"l": 10, "r": 10, "t": 48, "b": 10},
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"},
         **kwargs,
     )
     return fig

@@ -131,6 +131,16 @@ def finite_range(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def slider_format(lo: float, hi: float) -> tuple[str, float]:
+    """A printf format and a step for a slider over [lo, hi] that shows the span legibly
+    (tiny models give margins of a few thousandths, large ones of several units)."""
+    span = hi - lo
+    if not math.isfinite(span) or span <= 0:
+        return "%.2f", 0.01
+    decimals = min(8, max(2, 2 - math.floor(math.log10(span))))
+    return f"%.{decimals}f", span / 200
+
+
 def with_lengths(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy with chosen_chars, rejected_chars and length_diff (chosen minus rejected)."""
     out = frame.copy()

@@ -195,11 +195,16 @@ def direction_name(d: DirectionInfo) -> str:
 
 def pick_run(s: Store, key: str) -> RunInfo | None:
     """A data set, then one of the directions it has margins for: that margin run."""
-    dataset = pick_dataset(s, key)
+    left, right = st.columns(2)
+    with left:
+        dataset = pick_dataset(s, key)
     if dataset is None:
         return None
     runs = {r.direction_id: r for r in s.list_runs(dataset.id) if r.n_margins > 0}
-    direction = pick_direction(s, key, only=lambda d: d.id in runs)
+    with right:
+        direction = pick_direction(s, key, only=lambda d: d.id in runs)
+        if direction is None:
+            st.caption("No direction has margins on this data set yet.")
     return None if direction is None else runs[direction.id]
 
 

@@ -87,8 +87,8 @@ except ValueError as error:
     items = []
     ui.plain_error("The table has a half-filled row.", str(error))
 
-with left:
-    save_as = st.text_input("Save the edited set as (optional)", key="lab_save_set")
+with right, st.container(horizontal=True, vertical_alignment="bottom"):
+    save_as = st.text_input("Save the edited table as a new set", key="lab_save_set")
     if st.button("Save set", disabled=not (save_as.strip() and items)):
         try:
             st.session_state["sel_contrast"] = s.add_contrast_set(save_as, items, source="lab")
@@ -97,6 +97,7 @@ with left:
         else:
             st.session_state.pop("lab_set", None)
             st.rerun()
+with left:
     build = st.button(
         f"Build on {len(items)} items",
         type="primary",

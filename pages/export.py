@@ -36,7 +36,8 @@ with left:
     exclude_flagged = st.checkbox("Leave out flagged pairs", value=True, key="export_flagged")
     everything = exports.export_frame(s, run.id)
     lo, hi = explore.finite_range(everything["margin"])
-    span = st.slider("Margin range", lo, hi, (lo, hi), key=f"export_range_{run.id}")
+    fmt, step = explore.slider_format(lo, hi)
+    span = st.slider("Margin range", lo, hi, (lo, hi), step, fmt, key=f"export_range_{run.id}")
 with right:
     st.subheader("File")
     fmt = st.selectbox("Format", exports.EXPORT_FORMATS, format_func=str.upper, key="export_format")

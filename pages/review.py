@@ -95,21 +95,21 @@ def review_pane() -> None:
     total = max(1, reviewed + remaining)
     st.progress(reviewed / total, text=f"{reviewed:,} reviewed · {remaining:,} remaining")
 
-    nav = st.columns([1, 1, 1, 3])
     prev_id, next_id = explore.step(queue, current, -1), explore.step(queue, current, 1)
-    nav[0].button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
-    nav[1].button(
-        "Next", shortcut="N", on_click=go, args=(next_id,), disabled=pos == len(queue) - 1
-    )
     todo = s.review_queue(run.id, "disagreement", pair_ids=queue, unreviewed_only=True)
-    nav[2].button(
-        "Next unreviewed",
-        shortcut="U",
-        on_click=go,
-        args=(explore.next_unreviewed(queue, current, todo),),
-        disabled=not todo or todo == [current],
-    )
-    nav[3].toggle("Go to the next pair after each action", value=True, key="review_advance")
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
+        st.button(
+            "Next", shortcut="N", on_click=go, args=(next_id,), disabled=pos == len(queue) - 1
+        )
+        st.button(
+            "Next unreviewed",
+            shortcut="U",
+            on_click=go,
+            args=(explore.next_unreviewed(queue, current, todo),),
+            disabled=not todo or todo == [current],
+        )
+        st.toggle("Go to the next pair after each action", value=True, key="review_advance")
 
     pair = s.get_pair(current)
     state = s.pair_state(current, run.id)
@@ -143,41 +143,41 @@ def review_pane() -> None:
 
     disabled = not ui.annotator()
     st.text_input("Note (optional, stored with the next action)", key=f"note_{current}")
-    a = st.columns([1, 1, 1, 2, 1])
-    a[0].button(
-        "Accept",
-        shortcut="A",
-        type="primary",
-        disabled=disabled,
-        on_click=act,
-        args=(current, "accept", next_id),
-    )
-    a[1].button(
-        "Flip", shortcut="F", disabled=disabled, on_click=act, args=(current, "flip", next_id)
-    )
-    flag = "unflag" if state.flagged else "flag"
-    a[2].button(
-        flag.capitalize(),
-        shortcut="G",
-        disabled=disabled,
-        on_click=act,
-        args=(current, flag, next_id),
-    )
-    a[3].number_input(
-        "New margin",
-        value=float(effective) if effective is not None else 0.0,
-        step=0.1,
-        format="%.3f",
-        key=f"override_{current}",
-        label_visibility="collapsed",
-    )
-    a[4].button(
-        "Override",
-        shortcut="O",
-        disabled=disabled,
-        on_click=act,
-        args=(current, "override", next_id),
-    )
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        st.button(
+            "Accept",
+            shortcut="A",
+            type="primary",
+            disabled=disabled,
+            on_click=act,
+            args=(current, "accept", next_id),
+        )
+        st.button(
+            "Flip", shortcut="F", disabled=disabled, on_click=act, args=(current, "flip", next_id)
+        )
+        flag = "unflag" if state.flagged else "flag"
+        st.button(
+            flag.capitalize(),
+            shortcut="G",
+            disabled=disabled,
+            on_click=act,
+            args=(current, flag, next_id),
+        )
+        st.number_input(
+            "New margin",
+            value=float(effective) if effective is not None else 0.0,
+            step=0.1,
+            format="%.4f",
+            key=f"override_{current}",
+            width=200,
+        )
+        st.button(
+            "Override",
+            shortcut="O",
+            disabled=disabled,
+            on_click=act,
+            args=(current, "override", next_id),
+        )
     if "review_error" in st.session_state:
         ui.plain_error("Not saved.", st.session_state.pop("review_error"))
     if "review_done" in st.session_state:

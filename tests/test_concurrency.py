@@ -1,4 +1,7 @@
-"""Many writers on one SQLite file at once: threads and processes, nothing lost, no errors."""
+"""Many writers on one database at once: threads and processes, nothing lost, no errors.
+
+On SQLite by default; on PostgreSQL when ``LEGEND_TEST_PG_URL`` is set (see test_store).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 from legend_core.directions import Direction
 from legend_core.store import EmbeddingSpace, Store, text_key
 from legend_core.types import PreferencePair
+from tests.test_store import fresh_db_url, sqlite_only
 
 WORKERS = 8
 REVIEWS_EACH = 200
@@ -52,38 +56,38 @@ def check_all_written(url: str, pair_ids: list[int]) -> None:
 
 
 def test_eight_threads_write_reviews_at_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'threads.db'}"
-    run_id, pair_ids = setup_run(url)
-    store = Store(url)  # one store shared by all threads, as in the app
-    errors: list[str] = []
+    with fresh_db_url(tmp_path) as url:
+        run_id, pair_ids = setup_run(url)
+        store = Store(url)  # one store shared by all threads, as in the app
+        errors: list[str] = []
 
-    def writer(worker: int) -> None:
-        try:
-            barrier.wait()
-            write_reviews(store, worker, run_id, pair_ids)
-        except Exception:
-            errors.append(traceback.format_exc())
+        def writer(worker: int) -> None:
+            try:
+                barrier.wait()
+                write_reviews(store, worker, run_id, pair_ids)
+            except Exception:
+                errors.append(traceback.format_exc())
 
-    def reader() -> None:  # the review page keeps reading while others write
-        try:
-            barrier.wait()
-            for _ in range(30):
-                store.next_pair(run_id)
-                store.review_counts(run_id)
-                store.run_frame(run_id)
-        except Exception:
-            errors.append(traceback.format_exc())
+        def reader() -> None:  # the review page keeps reading while others write
+            try:
+                barrier.wait()
+                for _ in range(30):
+                    store.next_pair(run_id)
+                    store.review_counts(run_id)
+                    store.run_frame(run_id)
+            except Exception:
+                errors.append(traceback.format_exc())
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WORKERS)]
-    threads.append(threading.Thread(target=reader))
-    barrier = threading.Barrier(len(threads))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    store.close()
-    assert errors == []
-    check_all_written(url, pair_ids)
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(WORKERS)]
+        threads.append(threading.Thread(target=reader))
+        barrier = threading.Barrier(len(threads))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        store.close()
+        assert errors == []
+        check_all_written(url, pair_ids)
 
 
 def _process_writer(url: str, worker: int, run_id: int, pair_ids: list[int], go, results) -> None:
@@ -98,57 +102,58 @@ def _process_writer(url: str, worker: int, run_id: int, pair_ids: list[int], go,
 
 
 def test_eight_processes_write_reviews_at_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'processes.db'}"
-    run_id, pair_ids = setup_run(url)
-    ctx = multiprocessing.get_context("spawn")
-    go, results = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_process_writer, args=(url, w, run_id, pair_ids, go, results))
-        for w in range(WORKERS)
-    ]
-    for p in procs:
-        p.start()
-    go.set()
-    outcomes = dict(results.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    assert outcomes == {w: "ok" for w in range(WORKERS)}
-    assert [p.exitcode for p in procs] == [0] * WORKERS
-    check_all_written(url, pair_ids)
+    with fresh_db_url(tmp_path) as url:
+        run_id, pair_ids = setup_run(url)
+        ctx = multiprocessing.get_context("spawn")
+        go, results = ctx.Event(), ctx.Queue()
+        procs = [
+            ctx.Process(target=_process_writer, args=(url, w, run_id, pair_ids, go, results))
+            for w in range(WORKERS)
+        ]
+        for p in procs:
+            p.start()
+        go.set()
+        outcomes = dict(results.get(timeout=180) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+        assert outcomes == {w: "ok" for w in range(WORKERS)}
+        assert [p.exitcode for p in procs] == [0] * WORKERS
+        check_all_written(url, pair_ids)
 
 
 def test_racing_writers_share_runs_and_cache_entries(tmp_path: Path) -> None:
     """Same run started and same embeddings cached by many threads: one row each."""
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    run_id, _ = setup_run(url)
-    store = Store(url)
-    run = store.get_run(run_id)
-    space = EmbeddingSpace("tiny", "fp", "alpaca", "last", 1, 64)
-    items = {text_key(f"p{i}", "c"): np.full(8, i, np.float32) for i in range(300)}
-    barrier = threading.Barrier(WORKERS)
-    found: list[int] = []
-    errors: list[str] = []
+    with fresh_db_url(tmp_path) as url:
+        run_id, _ = setup_run(url)
+        store = Store(url)
+        run = store.get_run(run_id)
+        space = EmbeddingSpace("tiny", "fp", "alpaca", "last", 1, 64)
+        items = {text_key(f"p{i}", "c"): np.full(8, i, np.float32) for i in range(300)}
+        barrier = threading.Barrier(WORKERS)
+        found: list[int] = []
+        errors: list[str] = []
 
-    def worker() -> None:
-        try:
-            barrier.wait()
-            found.append(store.start_run(run.dataset_id, run.direction_id, {"new": True}))
-            store.put_embeddings(space, items)
-        except Exception:
-            errors.append(traceback.format_exc())
+        def worker() -> None:
+            try:
+                barrier.wait()
+                found.append(store.start_run(run.dataset_id, run.direction_id, {"new": True}))
+                store.put_embeddings(space, items)
+            except Exception:
+                errors.append(traceback.format_exc())
 
-    threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
-    assert len(set(found)) == 1 and len(found) == WORKERS
-    counts = store.counts()
-    assert (counts["runs"], counts["embedding_spaces"], counts["embeddings"]) == (2, 1, 300)
-    store.close()
+        threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert len(set(found)) == 1 and len(found) == WORKERS
+        counts = store.counts()
+        assert (counts["runs"], counts["embedding_spaces"], counts["embeddings"]) == (2, 1, 300)
+        store.close()
 
 
+@sqlite_only
 @pytest.mark.parametrize("n_stores", [WORKERS])
 def test_many_stores_open_a_new_file_at_once(tmp_path: Path, n_stores: int) -> None:
     """Stores created together on a missing file all end up on one migrated schema."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -437,17 +436,14 @@ def test_next_pair_walks_the_queue(store: Store) -> None:
     assert store.next_pair(run_id, after_pair_id=10_000) == queue[3]  # unknown: from the start
 
 
-def test_100k_pairs_bulk_insert_and_fast_queue(store: Store) -> None:
-    n = 100_000
+def test_queue_walk_on_a_large_data_set(store: Store) -> None:
+    """Queue order and next_pair on 20,000 pairs (speed is measured in bench/, not here)."""
+    n = 20_000
     pairs = [
         PreferencePair(f"Human: question {i}?\n\nAssistant:", "I won't help. " * 8, "Sure. " * 12)
         for i in range(n)
     ]
-    start = time.perf_counter()
     dataset_id = store.add_dataset("big", pairs)
-    elapsed = time.perf_counter() - start
-    print(f"add_dataset of {n} pairs: {elapsed:.2f} s")
-    assert elapsed < 10
     direction_id = store.add_direction(make_direction())
     run_id = store.start_run(dataset_id, direction_id, {})
     ids = [p.id for p in store.pairs_missing_margins(run_id)]
@@ -458,21 +454,10 @@ def test_100k_pairs_bulk_insert_and_fast_queue(store: Store) -> None:
     assert queue[:3] == [ids[i] for i in np.argsort(values, kind="stable")[:3]]
     for pair_id in queue[:200]:
         store.add_review(pair_id, "ann", "accept", run_id=run_id)
-    timings = {}
-    for label, call in {
-        "first": lambda: store.next_pair(run_id),
-        "middle": lambda: store.next_pair(run_id, queue[n // 2]),
-        "index": lambda: store.next_pair(run_id, ids[n // 2], order="index"),
-        "counts": lambda: store.review_counts(run_id),
-    }.items():
-        store.next_pair(run_id)  # warm
-        start = time.perf_counter()
-        result = call()
-        timings[label] = time.perf_counter() - start
-        if label == "first":
-            assert result == queue[200]
-    print({k: f"{v * 1000:.1f} ms" for k, v in timings.items()})
-    assert max(timings["first"], timings["middle"], timings["index"]) < 0.05
+    assert store.next_pair(run_id) == queue[200]
+    assert store.next_pair(run_id, queue[n // 2]) == queue[n // 2 + 1]
+    assert store.next_pair(run_id, ids[n // 2], order="index") == ids[n // 2 + 1]
+    assert store.review_counts(run_id) == (200, n - 200)
 
 
 # --- embedding cache ---------------------------------------------------------------------------

@@ -30,6 +30,20 @@ def idle(page) -> None:
     page.wait_for_timeout(300)
 
 
+def shoot(page, path) -> None:
+    """Screenshot the whole page: Streamlit scrolls inside its main block, so the viewport
+    is made as tall as that block for the shot."""
+    height = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+        " return m ? m.scrollHeight : document.body.scrollHeight; }"
+    )
+    page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 7000))})
+    page.wait_for_timeout(700)
+    page.screenshot(path=path)
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.wait_for_timeout(300)
+
+
 def drag_box(page, chart) -> None:
     """Drag a selection box over most of a Plotly chart's plotting area."""
     area = chart.locator(".nsewdrag").first
@@ -50,10 +64,10 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.goto(server.url)
     load = page.get_by_role("button", name="Load the demo")
     expect(load).to_be_visible()
-    page.screenshot(path=shots / "01_home_empty.png", full_page=True)
+    shoot(page, shots / "01_home_empty.png")
     load.click()
     expect(page.get_by_text("Next: Build a direction")).to_be_visible()
-    page.screenshot(path=shots / "02_home_demo.png", full_page=True)
+    shoot(page, shots / "02_home_demo.png")
 
     page.get_by_label("Your name (recorded on every review)").fill("e2e reviewer")
     page.keyboard.press("Enter")
@@ -62,7 +76,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     nav(page, "Data")
     expect(page.get_by_role("heading", name="Data sets")).to_be_visible()
     idle(page)
-    page.screenshot(path=shots / "03_data.png", full_page=True)
+    shoot(page, shots / "03_data.png")
 
     nav(page, "Direction lab")
     build = page.get_by_role("button", name="Build on 80 items")
@@ -72,7 +86,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     idle(page)
     page.get_by_role("tab", name="Map").click()
     page.wait_for_timeout(500)
-    page.screenshot(path=shots / "04_direction_lab.png", full_page=True)
+    shoot(page, shots / "04_direction_lab.png")
     page.get_by_role("button", name="Save direction").click()
     expect(page.get_by_text("Saved as direction #1.")).to_be_visible()
     assert [d.name for d in Store(server.db_url).list_directions()] == [
@@ -92,7 +106,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     label = review_selected.inner_text()
     n_selected = int(label.split("the ")[1].split(" selected")[0].replace(",", ""))
     assert n_selected >= 10, label
-    page.screenshot(path=shots / "05_explore_selection.png", full_page=True)
+    shoot(page, shots / "05_explore_selection.png")
     review_selected.click()
     expect(page.get_by_text("pairs are in the review queue")).to_be_visible()
 
@@ -100,7 +114,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     expect(page.get_by_text(f"Your selection ({n_selected:,} pairs)")).to_be_visible()
     expect(page.get_by_text(f"1 of {n_selected}", exact=True)).to_be_visible()
     idle(page)
-    page.screenshot(path=shots / "06_review.png", full_page=True)
+    shoot(page, shots / "06_review.png")
     store = Store(server.db_url)
     run_id = store.list_runs()[0].id
     selection = store.review_queue(run_id)  # the whole queue, to find where we are
@@ -115,7 +129,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.keyboard.press("f")  # the Flip shortcut
     expect(page.get_by_text(f"3 of {n_selected}", exact=True)).to_be_visible()
     idle(page)
-    page.screenshot(path=shots / "07_review_after.png", full_page=True)
+    shoot(page, shots / "07_review_after.png")
     reviews = {h.action: h for p in selection for h in store.pair_history(p)}
     assert set(reviews) == {"override", "flip"}
     assert reviews["override"].value == 42.5
@@ -128,7 +142,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     download_button = page.get_by_role("button", name="Download JSONL")
     expect(download_button).to_be_visible()
     idle(page)
-    page.screenshot(path=shots / "08_export.png", full_page=True)
+    shoot(page, shots / "08_export.png")
     with page.expect_download() as info:
         download_button.click()
     path = tmp_path / info.value.suggested_filename
