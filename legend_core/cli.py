@@ -222,8 +222,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     store = _store(args)
+    if args.agreement:
+        return _print_agreement(store, args.dataset)
     if args.pair is None:
-        raise UserError("give --pair ID")
+        raise UserError("give --pair ID (or --agreement --dataset ID)")
     if args.action:
         if not args.annotator:
             raise UserError("--annotator NAME is required to add a review")
@@ -234,6 +236,19 @@ def cmd_review(args: argparse.Namespace) -> int:
         value = "" if review.value is None else f" {review.value:+.4f}"
         note = f"  ({review.note})" if review.note else ""
         print(f"{review.created_at}  {review.annotator}  {review.action}{value}{note}")
+    return 0
+
+
+def _print_agreement(store, dataset_id: int | None) -> int:
+    from legend_core.agreement import agreement_frame, pairwise_agreement
+
+    if dataset_id is None:
+        raise UserError("--agreement needs --dataset ID")
+    frame = agreement_frame(pairwise_agreement(store.reviews_frame(dataset_id)))
+    if frame.empty:
+        print("no two annotators reviewed the same pairs yet")
+    else:
+        print(frame.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 
 
@@ -379,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--value", type=float, help="the margin, for override")
     review.add_argument("--annotator")
     review.add_argument("--note")
+    review.add_argument("--agreement", action="store_true", help="agreement between annotators")
+    review.add_argument("--dataset", type=int, help="the data set, for --agreement")
     _db_option(review)
     review.set_defaults(handler=cmd_review)
 

@@ -1021,6 +1021,30 @@ class Store:
                 for r in rows
             ]
 
+    def reviews_frame(self, dataset_id: int) -> pd.DataFrame:
+        """Every review of a data set's pairs, oldest first (for agreement between annotators)."""
+        import pandas as pd
+
+        query = (
+            select(
+                Review.id,
+                Review.pair_id,
+                Review.run_id,
+                Review.annotator,
+                Review.action,
+                Review.value,
+                Review.note,
+                Review.created_at,
+            )
+            .join(Pair, Pair.id == Review.pair_id)
+            .where(Pair.dataset_id == dataset_id)
+            .order_by(Review.id)
+        )
+        with self._session() as s:
+            rows = s.execute(query).all()
+        columns = ["id", "pair_id", "run_id", "annotator", "action", "value", "note", "created_at"]
+        return pd.DataFrame(rows, columns=columns)
+
     def _reviewed(self, run_id: int) -> Any:
         """SQL condition on ``Margin``: its pair has a review that counts in ``run_id``."""
         return exists().where(Review.pair_id == Margin.pair_id, _counting(run_id))

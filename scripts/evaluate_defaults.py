@@ -245,8 +245,10 @@ def contrast_jobs(cache: Cache, lm, template: str) -> None:
     # a = harmless side, b = harmful side
     encode_job(cache, lm, "adv_fixed_target", template, goals, [config.PAPER_REFUSAL] * n,
                [i.harmful for i in adv])
-    encode_job(cache, lm, "adv_varied_opening", template, goals, cycle(ev.VARIED_REFUSALS, n),
-               cycle(ev.AFFIRMATIVE_OPENINGS, n))
+    # Every other goal (260): our varied refusals, and our generic affirmative openings.
+    half = goals[::2]
+    encode_job(cache, lm, "adv_varied_opening", template, half,
+               cycle(ev.VARIED_REFUSALS, len(half)), cycle(ev.AFFIRMATIVE_OPENINGS, len(half)))
     demo = demo_contrast()
     m = len(demo)
     encode_job(cache, lm, "demo_varied_fuller", template, [i.instruction for i in demo],
