@@ -32,9 +32,10 @@ def escape(text: object) -> str:
 def _layout(fig: go.Figure, height: int = 360, title: str = "", **kwargs: object) -> go.Figure:
     fig.update_layout(
         height=height,
-        margin={"l": 10, "r": 10, "t": 48, "b": 10},
-        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 1, "xanchor": "right"},
+        margin={"l": 10, "r": 10, "t": 76, "b": 10},
+        title={"text": title, "x": 0, "xanchor": "left", "y": 0.985, "yanchor": "top"},
+        title_font_size=15,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0, "xanchor": "left"},
         **kwargs,
     )
     return fig

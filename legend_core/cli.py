@@ -169,9 +169,24 @@ def _annotate_stored(args: argparse.Namespace, agreement) -> int:
     if args.direction_id is None:
         raise UserError("--dataset needs --direction-id ID (a stored direction)")
     direction = store.get_direction(args.direction_id)
-    lm = _load_model(args, direction.model)
+    lm, engine = None, None
+    if args.engine == "ray":
+        from legend_core.distributed import ray_engine
+
+        engine = ray_engine(
+            direction,
+            address=args.ray_address,
+            actors=args.actors,
+            device="cpu" if args.device == "auto" else args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+    else:
+        lm = _load_model(args, direction.model)
     with progress_bar("annotating") as progress:
-        run_id = annotate_dataset(store, lm, args.dataset, args.direction_id, progress=progress)
+        run_id = annotate_dataset(
+            store, lm, args.dataset, args.direction_id, progress=progress, engine=engine
+        )
     frame = store.run_frame(run_id)
     print(
         f"run {run_id}: {len(frame)} pairs; positive margin: "
@@ -295,6 +310,127 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate ----------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Agreement with the human labels (with baselines) and the reward-model check."""
+    from legend_core import evaluate as ev
+
+    if bool(args.run) == bool(args.pairs):
+        raise UserError("give either --run ID (a stored margin run) or --pairs FILE --direction")
+    if args.run:
+        data = ev.load_run(_store(args), args.run)
+        if len(data.margins) == 0:
+            raise UserError(f"margin run {args.run} has no margins yet: run legend annotate")
+        values, chosen, rejected = data.margins, data.chosen, data.rejected
+        lengths = (data.chosen_lengths, data.rejected_lengths)
+        s = data.settings
+        print(
+            f"margin run {args.run}: {len(values)} pairs with a margin"
+            + (f" ({data.n_missing} without, left out)" if data.n_missing else "")
+            + f"; layer {s.get('layer')}, {s.get('pooling')} pooling, {s.get('template')} template"
+        )
+        if chosen is None:
+            print(
+                f"{data.n_missing_embeddings} pairs have no cached embeddings: no random-"
+                "direction baseline or reward-model check (annotate the data set again)"
+            )
+    else:
+        values, chosen, rejected, lengths = _evaluate_file(args)
+    report = ev.agreement_report(
+        values,
+        *lengths,
+        chosen,
+        rejected,
+        bins=args.bins,
+        n_boot=args.boot,
+        n_directions=args.random_directions,
+        seed=args.seed,
+    )
+    print("\nagreement with the human label (share of pairs with a positive margin, 95% CI):")
+    print(ev.agreement_text(report))
+    check = None
+    if chosen is not None and not args.no_reward_check:
+        settings = ev.RewardSettings(
+            head=args.head, lam=args.lam, seeds=args.seeds, test_fraction=args.test_fraction
+        )
+        with progress_bar("training reward heads") as progress:
+            check = ev.reward_model_check(chosen, rejected, values, settings, progress)
+        print("\nreward-model check (held-out accuracy against the human label):")
+        print(ev.reward_text(check))
+    if args.json:
+        out = {
+            "agreement": report.rows(),
+            "bins": report.bin_rows(),
+            "reward_check": None if check is None else check.to_dict(),
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwritten {args.json}")
+    return 0
+
+
+def _evaluate_file(args: argparse.Namespace):
+    """Margins, embeddings and lengths of a preference file on a direction file.
+
+    With ``--embeddings FILE.npz`` the pair embeddings are kept in that file and reused
+    while the pairs and the direction's encoder settings stay the same.
+    """
+    import hashlib
+
+    import numpy as np
+
+    from legend_core import evaluate as ev
+    from legend_core.directions import load_direction
+    from legend_core.formats import read_pairs
+    from legend_core.margins import margins
+    from legend_core.pipeline import check_compatible, pair_embeddings
+
+    if not args.direction:
+        raise UserError("--pairs needs --direction PATH (from legend build-direction)")
+    report = read_pairs(args.pairs, format=args.format)
+    direction = load_direction(args.direction)
+    pairs = report.pairs[: args.limit] if args.limit else report.pairs
+    digest = hashlib.sha256()
+    for part in (
+        direction.model_fingerprint,
+        direction.layer,
+        direction.template,
+        direction.pooling,
+        direction.max_length,
+    ):
+        digest.update(f"{part}\x1e".encode())
+    for p in pairs:
+        digest.update(f"{p.prompt}\x1f{p.chosen}\x1f{p.rejected}\x1e".encode())
+    key = digest.hexdigest()
+    cache = Path(args.embeddings) if args.embeddings else None
+    chosen = rejected = None
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as saved:
+            if str(saved["key"]) == key:
+                chosen, rejected = saved["chosen"], saved["rejected"]
+                print(f"embeddings from {cache}")
+    if chosen is None:
+        lm = _load_model(args, direction.model)
+        check_compatible(lm, direction)
+        with progress_bar("encoding pairs") as progress:
+            chosen, rejected = pair_embeddings(lm, pairs, direction, progress=progress)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with open(cache, "wb") as handle:
+                np.savez(handle, key=np.array(key), chosen=chosen, rejected=rejected)
+    values = margins(chosen, rejected, direction.vector)
+    lengths = (
+        ev.text_lengths([p.chosen for p in pairs]),
+        ev.text_lengths([p.rejected for p in pairs]),
+    )
+    print(
+        f"{len(pairs)} pairs ({report.format}) on direction {direction.name or args.direction}: "
+        f"layer {direction.layer}, {direction.pooling} pooling, {direction.template} template"
+    )
+    return values, chosen, rejected, lengths
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -370,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     annotate.add_argument("--dataset", type=int, help="a stored data set id (resumable)")
     annotate.add_argument("--direction-id", type=int, help="a stored direction id")
+    annotate.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="where forward passes run"
+    )
+    annotate.add_argument("--ray-address", default=None, help="a Ray cluster (with --engine ray)")
+    annotate.add_argument("--actors", type=int, default=1, help="model replicas on Ray")
     _model_options(annotate)
     _db_option(annotate)
     annotate.set_defaults(handler=cmd_annotate)
@@ -410,17 +551,45 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--bins", type=int, default=None, help="quantile-binned margins")
     _db_option(export)
     export.set_defaults(handler=cmd_export)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="does the margin agree with people, and does it help a reward model?"
+    )
+    evaluate.add_argument("--run", type=int, help="a stored margin run id")
+    evaluate.add_argument("--pairs", help="a preference file (with --direction)")
+    evaluate.add_argument("--direction", help="a direction file (from build-direction)")
+    evaluate.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "hh-rlhf", "pku", "trl", "trl-conversational", "generic"],
+    )
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    evaluate.add_argument("--embeddings", help="keep/reuse pair embeddings in this .npz file")
+    evaluate.add_argument("--bins", type=int, default=5, help="bins of |margin|")
+    evaluate.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
+    evaluate.add_argument("--random-directions", type=int, default=200)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-reward-check", action="store_true")
+    evaluate.add_argument("--head", choices=["linear", "mlp"], default="linear")
+    evaluate.add_argument("--lam", type=float, default=1.0, help="λ of the margin loss")
+    evaluate.add_argument("--seeds", type=int, default=5)
+    evaluate.add_argument("--test-fraction", type=float, default=0.3)
+    evaluate.add_argument("--json", help="also write the tables to this JSON file")
+    _model_options(evaluate)
+    _db_option(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; user errors print one line and exit with status 2."""
     args: Any = build_parser().parse_args(argv)
+    from legend_core.distributed import EngineUnavailable
     from legend_core.formats import FormatError
 
     try:
         return args.handler(args)
-    except (UserError, FormatError, FileNotFoundError, ValueError) as error:
+    except (UserError, FormatError, FileNotFoundError, ValueError, EngineUnavailable) as error:
         print(f"legend: error: {error}", file=sys.stderr)
         return 2
 

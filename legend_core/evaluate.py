@@ -844,3 +844,35 @@ def format_table(rows: Sequence[dict[str, Any]], percent: Sequence[str] = ()) ->
         for r in table
     ]
     return "\n".join(lines)
+
+
+def agreement_text(report: AgreementReport) -> str:
+    """Part 1 as plain text: the agreement table with intervals, then the by-bin table."""
+    share = ["agreement", "low", "high"]
+    lines = [format_table(report.rows(), percent=share)]
+    if report.random is not None and report.random.beaten_by is not None:
+        lines.append(
+            f"the margin's agreement beats {report.random.beaten_by:.0%} of "
+            f"{report.random.n_directions} random directions"
+        )
+    lines += ["", "by bin of |margin| (smallest first):", format_table(report.bin_rows(), share)]
+    return "\n".join(lines)
+
+
+def reward_text(check: RewardCheck) -> str:
+    """Part 2 as plain text: held-out accuracy per variant, then the paired differences."""
+    s = check.settings
+    head = (
+        f"reward head: {s.head}, λ = {s.lam:g} (margins scaled: {s.margin_scale}), "
+        f"{s.seeds} seeds, {check.n_train} train / {check.n_test} held-out pairs per seed"
+    )
+    accuracy = ["held-out accuracy (mean)", "min", "max", "train accuracy (mean)"]
+    return "\n".join(
+        [
+            head,
+            format_table(check.rows(), percent=accuracy),
+            "",
+            "paired differences of held-out accuracy (per seed):",
+            format_table(check.difference_rows()),
+        ]
+    )

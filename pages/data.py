@@ -74,7 +74,7 @@ with pairs_tab:
             if report.warnings:
                 with st.expander("Warnings (pairs are kept)"):
                     st.dataframe(pd.DataFrame({"warning": report.warnings[:500]}), hide_index=True)
-            name = st.text_input("Name of the data set", value=path.stem, key="pairs_name")
+            name = st.text_input("Name of the data set", value=path.stem, key=f"pairs_name_{path}")
             if st.button("Import", type="primary", key="pairs_import", icon=":material/upload:"):
                 try:
                     new_id = s.add_dataset(
@@ -126,7 +126,9 @@ with contrast_tab:
             "Refusal (AdvBench only)", value=formats.PAPER_REFUSAL, key="contrast_refusal"
         )
     if cpath is not None:
-        cname = st.text_input("Name of the contrastive set", value=cpath.stem, key="cname")
+        cname = st.text_input(
+            "Name of the contrastive set", value=cpath.stem, key=f"contrast_name_{cpath}"
+        )
         if st.button("Import contrastive set", type="primary", key="contrast_import"):
             try:
                 set_id = s.import_contrast_file(cpath, format=cfmt, name=cname, refusal=refusal)

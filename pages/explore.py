@@ -159,15 +159,15 @@ def charts_pane(filtered) -> None:
         )
         st.caption("Lowest margins first; up to 1,000 rows.")
     selected = list(dict.fromkeys(selected))
-    b1, b2 = st.columns(2)
-    if b1.button(
+    row = st.container(horizontal=True)
+    if row.button(
         f"Review the {len(selected):,} selected pairs",
         disabled=not selected,
         type="primary",
         icon=":material/rate_review:",
     ):
         send(selected, "selected")
-    if b2.button(f"Review the {len(filtered):,} filtered pairs", disabled=filtered.empty):
+    if row.button(f"Review the {len(filtered):,} filtered pairs", disabled=filtered.empty):
         send(explore.queue_order(filtered), "filtered")
 
 

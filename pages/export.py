@@ -88,8 +88,8 @@ if st.button(
 done = st.session_state.get("export")
 if done and done[0] == signature:
     result = done[1]
-    d1, d2 = st.columns(2)
-    d1.download_button(
+    row = st.container(horizontal=True)
+    row.download_button(
         f"Download {fmt.upper()}",
         result.data,
         file_name=result.file_name,
@@ -98,7 +98,7 @@ if done and done[0] == signature:
         icon=":material/download:",
         on_click="ignore",
     )
-    d2.download_button(
+    row.download_button(
         "Download manifest (JSON)",
         result.manifest_bytes,
         file_name=f"{result.file_name}.manifest.json",

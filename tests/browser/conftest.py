@@ -121,9 +121,7 @@ def chromium() -> Iterator[object]:
 
 @pytest.fixture
 def page(chromium, tmp_path: Path) -> Iterator[object]:
-    context = chromium.new_context(
-        viewport={"width": 1600, "height": 1000}, accept_downloads=True
-    )
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     yield pg

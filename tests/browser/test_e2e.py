@@ -23,8 +23,8 @@ def idle(page) -> None:
     """Wait until Streamlit has finished the current run."""
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"] "
-        "[data-testid=\"stStatusWidgetRunningIcon\"]')",
+        '() => !document.querySelector(\'[data-testid="stStatusWidget"] '
+        '[data-testid="stStatusWidgetRunningIcon"]\')',
         timeout=LONG,
     )
     page.wait_for_timeout(300)
@@ -90,7 +90,8 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.get_by_role("button", name="Save direction").click()
     expect(page.get_by_text("Saved as direction #1.")).to_be_visible()
     assert [d.name for d in Store(server.db_url).list_directions()] == [
-        "demo contrastive set · mean_diff · layer " + str(Store(server.db_url).get_direction(1).layer)
+        "demo contrastive set · mean_diff · layer "
+        + str(Store(server.db_url).get_direction(1).layer)
     ]
 
     nav(page, "Annotate and explore")

@@ -1,0 +1,60 @@
+"""The Ray engine on a local Ray instance (CPU, tiny model): same margins as one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from legend_core import config
+from legend_core.formats import read_contrast_set
+from legend_core.pipeline import annotate_dataset, build_direction
+from legend_core.store import Store
+from tests.test_annotate_store import CountingEngine, synthetic_pairs
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_lm, local_ray):
+    from legend_core.distributed import ray_engine
+
+    items = read_contrast_set(config.DEMO_CONTRAST)[:16]
+    direction = build_direction(tiny_lm, items, layer=2).direction
+    stores = {}
+    for name in ("local", "ray"):
+        store = Store(f"sqlite:///{tmp_path / name}.db")
+        stores[name] = (
+            store,
+            store.add_dataset("s", synthetic_pairs(200)),
+            store.add_direction(direction),
+        )
+
+    store, dataset_id, direction_id = stores["local"]
+    local_run = annotate_dataset(store, tiny_lm, dataset_id, direction_id, chunk_size=64)
+
+    store, dataset_id, direction_id = stores["ray"]
+    # A first run in this process dies after one chunk; Ray finishes the rest.
+    crashing = CountingEngine(tiny_lm, direction, crash_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_dataset(store, None, dataset_id, direction_id, engine=crashing)
+    engine = ray_engine(store.get_direction(direction_id), actors=2, chunk_size=64)
+    seen = []
+
+    def counting(pairs):
+        for chunk, c, r in engine(pairs):
+            seen.append(len(chunk))
+            yield chunk, c, r
+
+    ray_run = annotate_dataset(store, None, dataset_id, direction_id, engine=counting)
+    assert sum(seen) == 200 - 64, "Ray only encodes what the crashed run left"
+
+    local = stores["local"][0].run_frame(local_run).sort_values("idx")["computed_margin"]
+    remote = store.run_frame(ray_run).sort_values("idx")["computed_margin"]
+    assert len(remote) == 200
+    np.testing.assert_array_equal(local.to_numpy(), remote.to_numpy())
