@@ -84,6 +84,7 @@ with pairs_tab:
                     ui.plain_error("Not imported.", str(error))
                 else:
                     st.session_state["sel_dataset"] = new_id
+                    st.session_state.pop("data_dataset", None)  # the picker below follows
                     st.toast(f"Imported {report.rows_read:,} pairs as data set #{new_id}.")
 
     st.subheader("Data sets")

@@ -19,7 +19,7 @@ from tests.conftest import ADVBENCH, HH_DEV
 pytestmark = pytest.mark.slow
 
 # Enough pairs to say something, few enough for 2 CPU cores in CI.
-HH_PAIRS_IN_CI = 300
+HH_PAIRS_IN_CI = 150
 
 
 def test_direction_from_demo_data_separates_its_held_out_part(default_lm):
