@@ -267,6 +267,27 @@ def _print_agreement(store, dataset_id: int | None) -> int:
     return 0
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from legend_core.auth import add_user, auth_file, set_blind_review
+
+    path = Path(args.file) if args.file else auth_file()
+    if path is None:
+        raise UserError("give --file USERS.json (or set LEGEND_AUTH_FILE)")
+    if args.user_command == "blind-review":
+        set_blind_review(path, args.state == "on")
+        print(f"blind review {args.state} in {path}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    add_user(path, args.username, password, args.role, name=args.name or "")
+    print(f"user {args.username} ({args.role}) saved in {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from legend_core.exports import export_dataset
 
@@ -539,6 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--dataset", type=int, help="the data set, for --agreement")
     _db_option(review)
     review.set_defaults(handler=cmd_review)
+
+    user = commands.add_parser("user", help="accounts for the app's login mode")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    add = user_commands.add_parser("add", help="add or replace a user")
+    add.add_argument("username")
+    add.add_argument("--role", choices=["admin", "annotator"], default="annotator")
+    add.add_argument("--name", default="")
+    add.add_argument("--file", default=None, help="users file (default $LEGEND_AUTH_FILE)")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    blind = user_commands.add_parser("blind-review", help="hide others' margins until reviewed")
+    blind.add_argument("state", choices=["on", "off"])
+    blind.add_argument("--file", default=None)
+    user.set_defaults(handler=cmd_user)
 
     export = commands.add_parser("export", help="export a margin run for reward-model training")
     export.add_argument("--run", type=int, required=True)

@@ -325,22 +325,39 @@ def encode_pairs(
     layers: Sequence[int] | None = None,
     settings: EncodeSettings | None = None,
     batch_tokens: int = 8192,
-    max_batch: int = 32,
+    max_batch: int = 64,
     progress: Progress | None = None,
 ) -> tuple[Encoded, Encoded]:
     """Hidden states of both responses of each pair, running each prompt only once.
 
-    The prompt (the longer part in real preference data) goes through the model once; its
-    key/value cache is then shared by the two continuations. Results equal
+    Each pair becomes one packed row ``prompt | chosen tail | rejected tail``: the
+    rejected tail takes the positions right after the prompt and an attention mask hides
+    the chosen tail from it, so both continuations see exactly what they would see alone.
+    The prompt (the longer part in real preference data) goes through the model once, and
+    rows are batched by their packed length, so there is hardly any padding. Results equal
     ``encode(prompts, chosen)`` and ``encode(prompts, rejected)`` up to float rounding.
+
+    Attention implementations that cannot take a custom mask (anything but ``sdpa`` and
+    ``eager``, e.g. flash-attention) fall back to two :func:`encode` calls.
 
     Returns:
         The chosen responses' and the rejected responses' encodings.
     """
     import torch
-    from transformers import DynamicCache
 
     settings = settings or EncodeSettings()
+    impl = getattr(lm.model.config, "_attn_implementation", "sdpa") or "sdpa"
+    if impl not in ("sdpa", "eager"):
+        options = {"layers": layers, "settings": settings, "batch_tokens": batch_tokens}
+        half = len(prompts)
+        first = encode(lm, prompts, chosen, max_batch=max_batch, **options)
+        if progress:
+            progress(half // 2, half)
+        second = encode(lm, prompts, rejected, max_batch=max_batch, **options)
+        if progress:
+            progress(half, half)
+        return first, second
+
     wanted = _prepare(lm, layers)
     tok_c = tokenize(lm.tokenizer, prompts, chosen, settings)
     tok_r = tokenize(lm.tokenizer, prompts, rejected, settings)
@@ -362,94 +379,75 @@ def encode_pairs(
         )
         for c, r in zip(tok_c, tok_r)
     ]
-    rest = [max(len(c.ids), len(r.ids)) - s for c, r, s in zip(tok_c, tok_r, shared)]
-    cost = [s + 2 * r for s, r in zip(shared, rest)]
+    packed = [len(c.ids) + len(r.ids) - s for c, r, s in zip(tok_c, tok_r, shared)]
     pad = lm.tokenizer.pad_token_id
     device = lm.device
     capture = _Capture(lm, wanted)
     done = 0
     try:
         with torch.inference_mode():
-            for rows in length_batches(cost, batch_tokens, max_batch):
+            for rows in length_batches(packed, batch_tokens, max_batch):
                 b = len(rows)
-                p_width = max(1, max(shared[i] for i in rows))
-                c_width = max(rest[i] for i in rows)
-                # Prompts padded on the left, so every continuation starts at one column.
-                p_ids = torch.full((b, p_width), pad, dtype=torch.long)
-                p_mask = torch.zeros((b, p_width), dtype=torch.long)
-                c_ids = torch.full((2 * b, c_width), pad, dtype=torch.long)
-                c_mask = torch.zeros((2 * b, c_width), dtype=torch.long)
-                c_resp = torch.zeros((2 * b, c_width), dtype=torch.bool)
-                c_last = torch.zeros(2 * b, dtype=torch.long)
+                width = max(packed[i] for i in rows)
+                ids = torch.full((b, width), pad, dtype=torch.long)
+                positions = torch.zeros((b, width), dtype=torch.long)
+                # Per row: where the rejected tail starts (= chosen length), the shared
+                # prefix and the packed length; per side: last token, response, all tokens.
+                split = torch.zeros((b, 1, 1), dtype=torch.long)
+                prefix = torch.zeros((b, 1, 1), dtype=torch.long)
+                length = torch.zeros((b, 1, 1), dtype=torch.long)
+                last = torch.zeros((2, b), dtype=torch.long)
+                response = torch.zeros((2, b, width), dtype=torch.bool)
+                every = torch.zeros((2, b, width), dtype=torch.bool)
                 for j, i in enumerate(rows):
-                    s = shared[i]
-                    if s:
-                        p_ids[j, p_width - s :] = torch.tensor(tok_c[i].ids[:s])
-                        p_mask[j, p_width - s :] = 1
-                    for side, t in enumerate((tok_c[i], tok_r[i])):
-                        row, tail = 2 * j + side, t.ids[s:]
-                        c_ids[row, : len(tail)] = torch.tensor(tail)
-                        c_mask[row, : len(tail)] = 1
-                        c_resp[row, min(t.response_start - s, len(tail) - 1) : len(tail)] = True
-                        c_last[row] = len(tail) - 1
-                prompt_len = p_mask.sum(1)
-                prompt_sums: dict[int, Any] = {}
-                p_mask_device = p_mask.to(device)
+                    c, r, s = tok_c[i], tok_r[i], shared[i]
+                    lc, lr, m = len(c.ids), len(r.ids), packed[i]
+                    ids[j, :lc] = torch.tensor(c.ids)
+                    ids[j, lc:m] = torch.tensor(r.ids[s:])
+                    positions[j, :lc] = torch.arange(lc)
+                    positions[j, lc:m] = torch.arange(s, lr)
+                    split[j], prefix[j], length[j] = lc, s, m
+                    last[0, j], last[1, j] = lc - 1, m - 1
+                    # An empty response has no tokens to average: fall back to the last one.
+                    response[0, j, min(c.response_start, lc - 1) : lc] = True
+                    response[1, j, lc + min(r.response_start, lr - 1) - s : m] = True
+                    every[0, j, :lc] = True
+                    every[1, j, :s] = True
+                    every[1, j, lc:m] = True
+                q = torch.arange(width).view(1, -1, 1)
+                k = torch.arange(width).view(1, 1, -1)
+                hidden_tail = (q >= split) & (k >= prefix) & (k < split)
+                allowed = (k <= q) & ~hidden_tail
+                # Padding queries see only themselves: no empty softmax row, no NaN.
+                allowed = torch.where(q >= length, k == q, allowed).unsqueeze(1)
+                if impl == "sdpa":
+                    attention = allowed.to(device)
+                else:  # eager attention adds the mask to its scores
+                    floor = torch.finfo(lm.dtype).min
+                    attention = torch.zeros(allowed.shape, dtype=lm.dtype)
+                    attention = attention.masked_fill(~allowed, floor).to(device)
+                sides = [
+                    {
+                        "last": last[side].to(device),
+                        "response": response[side].to(device),
+                        "all": every[side].to(device),
+                    }
+                    for side in (0, 1)
+                ]
 
-                def keep_prompt(
-                    layer: int, hidden: Any, sums=prompt_sums, mask=p_mask_device
-                ) -> None:
-                    weights = mask.unsqueeze(-1).to(hidden.dtype)
-                    sums[layer] = (hidden * weights).sum(1, dtype=torch.float32)
-
-                cache = DynamicCache(config=lm.model.config)
-                capture.on_layer = keep_prompt if settings.pooling == "mean_all" else _ignore
-                capture.run(
-                    lm,
-                    lm.num_layers,
-                    input_ids=p_ids.to(device),
-                    attention_mask=p_mask.to(device),
-                    position_ids=(prompt_len.view(-1, 1) - p_width + torch.arange(p_width))
-                    .clamp(min=0)
-                    .to(device),
-                    cache=cache,
-                    use_cache=True,
-                )
-                cache.batch_repeat_interleave(2)
-                masks = {
-                    "last": c_last.to(device),
-                    "response": c_resp.to(device),
-                    "all": c_mask.to(device),
-                }
-                counts = (prompt_len.repeat_interleave(2) + c_mask.sum(1)).float().to(device)
-
-                def store(
-                    layer: int, hidden: Any, rows=rows, masks=masks, counts=counts, sums=prompt_sums
-                ) -> None:
-                    if settings.pooling == "mean_all":
-                        weights = masks["all"].unsqueeze(-1).to(hidden.dtype)
-                        summed = (hidden * weights).sum(1, dtype=torch.float32)
-                        summed += sums[layer].repeat_interleave(2, dim=0)
-                        pooled = summed / counts.unsqueeze(-1)
-                    else:
+                def store(layer: int, hidden: Any, rows: list[int] = rows, sides=sides) -> None:
+                    for side, masks in enumerate(sides):
                         pooled = _pool(hidden, masks, settings.pooling)
-                    pooled = pooled.cpu().numpy()
-                    outs[0][layer][rows] = pooled[0::2]
-                    outs[1][layer][rows] = pooled[1::2]
+                        outs[side][layer][rows] = pooled.cpu().numpy()
 
                 capture.on_layer = store
                 capture.run(
                     lm,
                     lm.num_layers,
-                    input_ids=c_ids.to(device),
-                    attention_mask=torch.cat(
-                        [p_mask.repeat_interleave(2, dim=0), c_mask], dim=1
-                    ).to(device),
-                    position_ids=(
-                        prompt_len.repeat_interleave(2).view(-1, 1) + torch.arange(c_width)
-                    ).to(device),
-                    cache=cache,
-                    use_cache=True,
+                    input_ids=ids.to(device),
+                    attention_mask=attention,
+                    position_ids=positions.to(device),
+                    use_cache=False,
                 )
                 done += b
                 if progress:
@@ -457,7 +455,3 @@ def encode_pairs(
     finally:
         capture.remove()
     return encoded[0], encoded[1]
-
-
-def _ignore(layer: int, hidden: Any) -> None:
-    """A capture callback for passes whose states are not needed (only their cache is)."""

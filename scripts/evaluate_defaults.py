@@ -289,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/legend-eval"))
     parser.add_argument("--templates", default=",".join(TEMPLATES))
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--out", type=Path, default=None, help="report: JSON file of the tables")
     args = parser.parse_args(argv)
     cache = Cache(args.cache)
     templates = [t for t in args.templates.split(",") if t]
@@ -296,9 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.save(cache.root / "split.npy", np.stack([split["tune"], split["test"]]))
 
     if args.stage == "report":
-        import report_defaults  # noqa: F401  (kept separate: pure numpy on the cache)
-
-        return 0
+        return report(cache, templates, args.out)
     lm = load_lm(args.dtype)
     if args.stage == "screen":
         worst = self_check(lm, hh_pairs())
