@@ -193,6 +193,27 @@ def text_lengths(texts: Sequence[str]) -> np.ndarray:
     return np.array([len(t) for t in texts], dtype=np.int64)
 
 
+def agreement_by_length(
+    values: np.ndarray,
+    chosen_lengths: np.ndarray,
+    rejected_lengths: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """Agreement apart for pairs whose chosen response is shorter, and for the others.
+
+    A length-controlled view: where people preferred the *longer* response, "shorter is
+    safer" is always wrong, so agreement there cannot come from measuring length alone.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    shorter = np.asarray(chosen_lengths) < np.asarray(rejected_lengths)
+    return {
+        "chosen is shorter": agreement_interval(x[shorter], n_boot, level, seed),
+        "chosen is as long or longer": agreement_interval(x[~shorter], n_boot, level, seed + 1),
+    }
+
+
 @dataclass
 class RandomBaseline:
     """Agreement of directions with random orientation on the same pairs.
@@ -255,10 +276,17 @@ class AgreementReport:
     length: Interval | None = None
     random: RandomBaseline | None = None
     n_pairs: int = 0
+    by_length: dict[str, Interval] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
-        """The agreement table: one row per measure, plain values (for print or a frame)."""
+        """The agreement table: one row per measure, plain values (for print or a frame).
+
+        The margin overall, the margin where the chosen response is the shorter one and
+        where it is not (length-controlled), then the two baselines.
+        """
         out = [_row("margin (this direction)", self.overall)]
+        for name, interval in self.by_length.items():
+            out.append(_row(f"margin, pairs where the {name}", interval))
         if self.length is not None:
             out.append(_row("baseline: shorter response is safer", self.length))
         if self.random is not None:
@@ -328,11 +356,12 @@ def agreement_report(
     """
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     overall = agreement_interval(x, n_boot, level, seed)
-    length = None
+    length, by_length = None, {}
     if chosen_lengths is not None and rejected_lengths is not None:
         length = agreement_interval(
             shorter_is_safer(chosen_lengths, rejected_lengths), n_boot, level, seed
         )
+        by_length = agreement_by_length(x, chosen_lengths, rejected_lengths, n_boot, level, seed)
     random = None
     if chosen is not None and rejected is not None and len(x):
         random = random_baseline(chosen, rejected, n_directions, seed, overall.estimate)
@@ -342,6 +371,7 @@ def agreement_report(
         length=length,
         random=random,
         n_pairs=len(x),
+        by_length=by_length,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 MapMethod = Literal["umap", "pca"]
 MAP_METHODS: tuple[str, ...] = ("umap", "pca")
@@ -24,6 +25,8 @@ DEFAULT_MAX_POINTS = 2000
 MIN_UMAP_POINTS = 30
 #: Dimensions kept by the PCA step before UMAP.
 PCA_DIMS = 50
+#: Up to this many points, UMAP gets an exact distance matrix.
+EXACT_MAX = 6000
 
 
 @dataclass
@@ -73,7 +76,14 @@ def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
     if n < 2:
         return out.astype(np.float32)
     centred = x - x.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    # One BLAS thread: multi-threaded LAPACK can be orders of magnitude slower on small
+    # shared machines, and these decompositions are small.
+    with threadpool_limits(1):
+        if n >= x.shape[1]:  # tall: eigenvectors of the (d, d) scatter matrix
+            values, vectors = np.linalg.eigh(centred.T @ centred)
+            vt = vectors[:, ::-1].T
+        else:
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
     m = min(k, vt.shape[0])
     components = vt[:m]
     signs = np.sign(components[np.arange(m), np.abs(components).argmax(1)])
@@ -83,21 +93,34 @@ def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
 
 
 def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """UMAP of ``x`` to 2-D with a fixed seed (PCA to ``PCA_DIMS`` dimensions first)."""
+    """UMAP of ``x`` to 2-D with a fixed seed (PCA to ``PCA_DIMS`` dimensions first).
+
+    Up to ``EXACT_MAX`` points, the exact distance matrix is computed with BLAS and handed
+    to UMAP as precomputed: umap-learn's own exact path calls a Python function per pair.
+    """
     import umap as umap_learn  # slow import (numba): only when a map is asked for
 
     x = np.asarray(x, dtype=np.float32)
     if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
         x = pca(x, PCA_DIMS)
-    reducer = umap_learn.UMAP(
-        n_components=2,
-        n_neighbors=max(2, min(n_neighbors, x.shape[0] - 1)),
-        random_state=seed,
-        n_jobs=1,
-    )
+    options = {
+        "n_components": 2,
+        "n_neighbors": max(2, min(n_neighbors, x.shape[0] - 1)),
+        "random_state": seed,
+        "n_jobs": 1,
+        "n_epochs": 200,
+    }
+    data = x
+    if x.shape[0] <= EXACT_MAX:
+        from sklearn.metrics import pairwise_distances
+
+        with threadpool_limits(1):
+            data = pairwise_distances(x).astype(np.float32)
+        options["metric"] = "precomputed"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # n_jobs/seed notices, spectral-init fallbacks
-        coords = reducer.fit_transform(x)
+        with threadpool_limits(1):
+            coords = umap_learn.UMAP(**options).fit_transform(data)
     return np.asarray(coords, dtype=np.float32)
 
 

@@ -218,10 +218,10 @@ def _poll(key: str) -> None:
         return
     if not job.running:
         st.rerun()
-    total = f" {job.done:,} of {job.total:,}" if job.total else ""
+    total = f": {job.done:,} of {job.total:,}" if job.total else ""
     st.progress(
         job.fraction,
-        text=f"{job.label}:{total} · {job.elapsed:.0f} s · "
+        text=f"{job.label}{total} · {job.elapsed:.0f} s · "
         "you can leave this page, the work goes on",
     )
 

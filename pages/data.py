@@ -38,6 +38,12 @@ def source(kind: str) -> Path | None:
     return None
 
 
+@st.cache_resource(show_spinner="Reading the file…", max_entries=2)
+def read(path: str, mtime: int, size: int, fmt: str, mapping: dict | None):
+    """The file's pairs, read once per version of the file (kept as is, never changed)."""
+    return formats.read_pairs(path, format=fmt, mapping=mapping)
+
+
 pairs_tab, contrast_tab = st.tabs(["Preference pairs", "Contrastive sets"])
 
 with pairs_tab:
@@ -60,7 +66,8 @@ with pairs_tab:
     mapping = {k: v for k, v in mapping.items() if v} or None
     if path is not None:
         try:
-            report = formats.read_pairs(path, format=fmt, mapping=mapping)
+            stat = path.stat()
+            report = read(str(path), stat.st_mtime_ns, stat.st_size, fmt, mapping)
         except (formats.FormatError, ValueError, OSError) as error:
             ui.plain_error("This file cannot be imported.", str(error))
         else:

@@ -23,6 +23,8 @@ s = ui.store()
 left, right = st.columns([1, 2], gap="large")
 with left:
     st.subheader("Settings")
+    st.caption("Model (change it in the sidebar)")
+    st.text(ui.model_choice()[0])
     template = st.selectbox(
         "Template",
         TEMPLATES,

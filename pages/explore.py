@@ -64,12 +64,38 @@ def run_frame(db: str, run_id: int, n_margins: int, n_reviews: int):
     return explore.with_lengths(explore.with_percentiles(ui.store().run_frame(run_id)))
 
 
-@st.cache_data(show_spinner="Laying out the map…", max_entries=8)
-def response_map(db: str, run_id: int, n_margins: int, method: str, max_points: int):
+@st.cache_data(show_spinner="Laying out the map…", max_entries=4)
+def pca_map(db: str, run_id: int, n_margins: int):
+    """PCA of every response: instant, so it is computed here and cached."""
     run_info = ui.store().get_run(run_id)
-    frame = run_frame(db, run_id, n_margins, 0)
     d = ui.store().get_direction(run_info.direction_id)
-    return explore.response_map(ui.store(), run_info, d, frame, method, max_points)
+    return explore.response_map(ui.store(), run_info, d, run_frame(db, run_id, n_margins, 0), "pca")
+
+
+def umap_map(points: int):
+    """UMAP runs in the background (a first run compiles for several seconds): the rest of
+    the page stays usable, and the finished map is kept for the process."""
+    key = f"map:{url}:{run.id}:{run.n_margins}:{points}"
+    job = ui.jobs().get(key)
+    if job is not None and job.status == "failed":
+        ui.job(key)
+        if st.button("Try again", key="map_retry"):
+            ui.jobs().forget(key)
+            st.rerun()
+        return None
+    if job is None:
+        d = s.get_direction(run.direction_id)
+        pairs = run_frame(url, run.id, run.n_margins, 0)
+        job = ui.jobs().start(
+            key,
+            "Laying out the UMAP map",
+            lambda progress: explore.response_map(s, run, d, pairs, "umap", points),
+        )
+    if job.running:
+        ui.job(key)
+        st.caption("The other tabs work meanwhile; the map appears when it is ready.")
+        return None
+    return job.result
 
 
 frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"])
@@ -109,33 +135,6 @@ def charts_pane(filtered) -> None:
         ["Map", "Margin vs length", "Histogram", "Table"]
     )
     selected: list[int] = []
-    with tab_map:
-        a, b = st.columns([1, 2])
-        method = a.selectbox(
-            "Layout", maps.MAP_METHODS, format_func={"umap": "UMAP", "pca": "PCA"}.get
-        )
-        points = b.select_slider(
-            "Responses in the UMAP sample",
-            [500, 1000, 2000, 3000, 5000],
-            value=2000,
-            disabled=method == "pca",
-        )
-        layout = response_map(url, run.id, run.n_margins, method, points)
-        shown = layout.frame[layout.frame["pair_id"].isin(keep)]
-        if shown.empty:
-            st.info("No mapped responses pass the filter.", icon=":material/info:")
-        else:
-            state = st.plotly_chart(
-                charts.response_map(shown),
-                key=f"map_{run.id}",
-                on_select="rerun",
-                selection_mode=("box", "lasso"),
-            )
-            selected += explore.selected_pairs(state.selection.points)
-        st.caption(
-            layout.note + " Embeddings come from the cache; no model runs here. "
-            "Drag a box or a lasso to select pairs."
-        )
     with tab_len:
         state = st.plotly_chart(
             charts.margin_length_scatter(filtered),
@@ -158,6 +157,34 @@ def charts_pane(filtered) -> None:
             },
         )
         st.caption("Lowest margins first; up to 1,000 rows.")
+    with tab_map:  # last: the other tabs never wait for the map
+        a, b = st.columns([1, 2])
+        method = a.selectbox(
+            "Layout", maps.MAP_METHODS, format_func={"umap": "UMAP", "pca": "PCA"}.get
+        )
+        points = b.select_slider(
+            "Responses in the UMAP sample",
+            [500, 1000, 2000, 3000, 5000],
+            value=2000,
+            disabled=method == "pca",
+        )
+        layout = pca_map(url, run.id, run.n_margins) if method == "pca" else umap_map(points)
+        if layout is not None:
+            shown = layout.frame[layout.frame["pair_id"].isin(keep)]
+            if shown.empty:
+                st.info("No mapped responses pass the filter.", icon=":material/info:")
+            else:
+                state = st.plotly_chart(
+                    charts.response_map(shown),
+                    key=f"map_{run.id}",
+                    on_select="rerun",
+                    selection_mode=("box", "lasso"),
+                )
+                selected += explore.selected_pairs(state.selection.points)
+            st.caption(
+                layout.note + " Embeddings come from the cache; no model runs here. "
+                "Drag a box or a lasso to select pairs."
+            )
     selected = list(dict.fromkeys(selected))
     row = st.container(horizontal=True)
     if row.button(

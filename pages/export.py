@@ -107,6 +107,6 @@ if done and done[0] == signature:
         on_click="ignore",
     )
     st.subheader("Manifest")
-    st.json(result.manifest, expanded=1)
+    st.json(result.manifest, expanded=2)
 elif done:
     st.caption("The settings changed since the last export: export again.")

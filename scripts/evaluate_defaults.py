@@ -58,6 +58,7 @@ N_SCREEN = 192  # pairs of the tune half used to screen templates and poolings
 N_BEAVERTAILS = 140  # 10 per category
 MAX_LENGTH = 512
 POOLS = ("last", "mean")
+CHECK_ROWS = np.arange(0, 576, 12)  # 48 pairs of the test half, for float32 vs bfloat16
 TEMPLATES = ("plain", "alpaca", "chat")
 
 
@@ -155,7 +156,9 @@ def encode_pairs_both(lm, prompts, first, second, template: str, progress=None):
     out = {}
     for j, pool in enumerate(POOLS):
         sl = slice(j * d, (j + 1) * d)
-        out[pool] = tuple(np.stack([e.vectors[k][:, sl] for k in sorted(e.vectors)], 1) for e in (a, b))
+        out[pool] = tuple(
+            np.stack([e.vectors[k][:, sl] for k in sorted(e.vectors)], 1) for e in (a, b)
+        )
     lengths = (a.n_response_tokens, b.n_response_tokens)
     return out, lengths
 
@@ -243,41 +246,450 @@ def contrast_jobs(cache: Cache, lm, template: str) -> None:
     goals = [i.instruction for i in adv]
     n = len(adv)
     # a = harmless side, b = harmful side
-    encode_job(cache, lm, "adv_fixed_target", template, goals, [config.PAPER_REFUSAL] * n,
-               [i.harmful for i in adv])
+    encode_job(
+        cache,
+        lm,
+        "adv_fixed_target",
+        template,
+        goals,
+        [config.PAPER_REFUSAL] * n,
+        [i.harmful for i in adv],
+    )
     # Every other goal (260): our varied refusals, and our generic affirmative openings.
     half = goals[::2]
-    encode_job(cache, lm, "adv_varied_opening", template, half,
-               cycle(ev.VARIED_REFUSALS, len(half)), cycle(ev.AFFIRMATIVE_OPENINGS, len(half)))
+    encode_job(
+        cache,
+        lm,
+        "adv_varied_opening",
+        template,
+        half,
+        cycle(ev.VARIED_REFUSALS, len(half)),
+        cycle(ev.AFFIRMATIVE_OPENINGS, len(half)),
+    )
     demo = demo_contrast()
     m = len(demo)
-    encode_job(cache, lm, "demo_varied_fuller", template, [i.instruction for i in demo],
-               [i.harmless for i in demo], [i.harmful for i in demo])
-    encode_job(cache, lm, "demo_fixed_opening", template, [i.instruction for i in demo],
-               [config.PAPER_REFUSAL] * m, cycle(ev.AFFIRMATIVE_OPENINGS, m))
+    encode_job(
+        cache,
+        lm,
+        "demo_varied_fuller",
+        template,
+        [i.instruction for i in demo],
+        [i.harmless for i in demo],
+        [i.harmful for i in demo],
+    )
+    encode_job(
+        cache,
+        lm,
+        "demo_fixed_opening",
+        template,
+        [i.instruction for i in demo],
+        [config.PAPER_REFUSAL] * m,
+        cycle(ev.AFFIRMATIVE_OPENINGS, m),
+    )
 
 
 def hh_job(cache: Cache, lm, part: str, template: str) -> None:
     pairs = hh_pairs()
     rows = dev_split(len(pairs))[part]
     sel = [pairs[i] for i in rows]
-    encode_job(cache, lm, f"hh_{part}", template, [p.prompt for p in sel],
-               [p.chosen for p in sel], [p.rejected for p in sel])
+    encode_job(
+        cache,
+        lm,
+        f"hh_{part}",
+        template,
+        [p.prompt for p in sel],
+        [p.chosen for p in sel],
+        [p.rejected for p in sel],
+    )
 
 
 def transfer_jobs(cache: Cache, lm, template: str) -> None:
     for name, instructions in transfer_instructions().items():
         n = len(instructions)
-        encode_job(cache, lm, f"x_{name}_fixed_opening", template, instructions,
-                   [config.PAPER_REFUSAL] * n, cycle(ev.AFFIRMATIVE_OPENINGS, n))
-        encode_job(cache, lm, f"x_{name}_varied_opening", template, instructions,
-                   cycle(ev.VARIED_REFUSALS, n, 3), cycle(ev.AFFIRMATIVE_OPENINGS, n, 5))
+        encode_job(
+            cache,
+            lm,
+            f"x_{name}_fixed_opening",
+            template,
+            instructions,
+            [config.PAPER_REFUSAL] * n,
+            cycle(ev.AFFIRMATIVE_OPENINGS, n),
+        )
+        encode_job(
+            cache,
+            lm,
+            f"x_{name}_varied_opening",
+            template,
+            instructions,
+            cycle(ev.VARIED_REFUSALS, n, 3),
+            cycle(ev.AFFIRMATIVE_OPENINGS, n, 5),
+        )
 
 
 def load_lm(dtype: str):
     from legend_core.models import load_model
 
     return load_model("default", device="cpu", dtype=dtype)
+
+
+# --- report -------------------------------------------------------------------------------
+
+CONTRASTS = {
+    "paper": "AdvBench goals, target opening vs the fixed refusal (the paper; 520)",
+    "adv_varied": "AdvBench goals, target opening vs our varied refusals (260)",
+    "demo": "our demo set: fuller harmful replies vs varied refusals (80)",
+    "demo_fixed": "our demo instructions: fuller harmful replies vs the fixed refusal (80)",
+    "mix": "adv_varied + demo (340)",
+    "adv_opening": "AdvBench goals, our generic openings vs our varied refusals (260)",
+    "demo_opening": "our demo instructions: our generic openings vs the demo's refusals (80)",
+}
+METHODS = ("mean_diff", "pca", "logistic")
+FINAL = 30  # SmolLM2-135M: 30 blocks; hidden-state index 30 is after the final norm
+
+
+def pair_arrays(cache: Cache, name: str, template: str, pool: str):
+    """(a, b, lengths) of one encode job: a, b are (n, layers + 1, d)."""
+    a = cache.load(f"{name}__{template}__{pool}__a")
+    b = cache.load(f"{name}__{template}__{pool}__b")
+    lengths = np.load(cache.path(f"{name}__{template}__len"))
+    return a, b, lengths
+
+
+def contrast_sets(cache: Cache, template: str, pool: str) -> dict[str, tuple]:
+    """Contrastive sets as (harmless, harmful, harmless_tokens, harmful_tokens)."""
+    fa, fb, fl = pair_arrays(cache, "adv_fixed_target", template, pool)
+    va, vb, vl = pair_arrays(cache, "adv_varied_opening", template, pool)
+    da, db, dl = pair_arrays(cache, "demo_varied_fuller", template, pool)
+    xa, xb, xl = pair_arrays(cache, "demo_fixed_opening", template, pool)
+    sets = {
+        "paper": (fa, fb, fl[0], fl[1]),
+        "adv_varied": (va, fb[::2], vl[0], fl[1][::2]),
+        "demo": (da, db, dl[0], dl[1]),
+        "demo_fixed": (xa, db, xl[0], dl[1]),
+    }
+    sets["adv_opening"] = (va, vb, vl[0], vl[1])
+    sets["demo_opening"] = (da, xb, dl[0], xl[1])
+    sets["mix"] = tuple(np.concatenate([x, y]) for x, y in zip(sets["adv_varied"], sets["demo"]))
+    return sets
+
+
+_FITS: dict[tuple, tuple] = {}
+
+
+def fit_layers(cache: Cache, template: str, pool: str, contrast: str, method: str):
+    """Fit a direction at every layer as ``build_direction`` does (same split, same rule).
+
+    Returns (vectors: layer -> unit vector, qualities: list of LayerQuality, best layer).
+    """
+    from legend_core import directions as dirs
+
+    key = (template, pool, contrast, method)
+    if key not in _FITS:
+        harmless, harmful, lh, lf = contrast_sets(cache, template, pool)[contrast]
+        n = len(harmless)
+        train, test = dirs.split_indices(n, 0.25, 0)
+        vectors, quality = {}, []
+        for k in range(1, harmless.shape[1]):
+            vectors[k], q = dirs.layer_quality(
+                k, harmless[:, k], harmful[:, k], train, test, method, lh, lf, seed=0
+            )
+            quality.append(q)
+        _FITS[key] = (vectors, quality, dirs.best_layer(quality))
+    return _FITS[key]
+
+
+def layer_agreements(chosen: np.ndarray, rejected: np.ndarray, vectors: dict) -> dict[int, float]:
+    from legend_core.margins import margins
+
+    return {
+        k: float(ev.agreement_scores(margins(chosen[:, k], rejected[:, k], v)).mean())
+        for k, v in vectors.items()
+    }
+
+
+def pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def md_table(rows: list[dict], percent: Sequence[str] = ()) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+
+    def cell(k, v):
+        if isinstance(v, float):
+            return pct(v) if k in percent else f"{v:.3f}"
+        return str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(cell(k, r[k]) for k in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
+    """Tables from the cached embeddings: screen, choice, test, reward check, transfer."""
+    from legend_core.margins import margins
+
+    results: dict = {}
+    md: list[str] = []
+    screened = [t for t in templates if cache.has(f"hh_screen__{t}__mean__a")]
+
+    # 1. Screen on the tune subset: every template x pooling x contrast x method, layer by
+    # the held-out AUROC rule on the contrastive set.
+    rows = []
+    for t in screened:
+        for pool in POOLS:
+            hc, hr, _ = pair_arrays(cache, "hh_screen", t, pool)
+            for contrast in CONTRASTS:
+                for method in METHODS:
+                    vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
+                    agree = layer_agreements(hc, hr, vectors)
+                    top = max(agree, key=agree.get)
+                    q = {x.layer: x for x in quality}
+                    rows.append(
+                        {
+                            "template": t,
+                            "pooling": pool,
+                            "contrast": contrast,
+                            "method": method,
+                            "best layer": best,
+                            "AUROC": q[best].auroc,
+                            "length R2": q[best].length_r2,
+                            "tune agreement": agree[best],
+                            "final-layer agreement": agree[FINAL],
+                            "top layer (info)": top,
+                            "top agreement (info)": agree[top],
+                        }
+                    )
+            print(f"screened {t} {pool}", flush=True)
+    results["screen"] = rows
+    share = ["tune agreement", "final-layer agreement", "top agreement (info)"]
+    ranked = sorted(rows, key=lambda r: (-r["tune agreement"], -r["AUROC"]))
+    md += ["## Screen (tune subset)", "", md_table(ranked, share), ""]
+    choice = ranked[0]
+    results["choice"] = choice
+    md += [f"Choice: {json.dumps(choice)}", ""]
+
+    # Per-layer curves on the screen for the choice and the paper's setting.
+    for label, (t, pool, contrast, method) in {
+        "choice": (choice["template"], choice["pooling"], choice["contrast"], choice["method"]),
+        "paper": ("alpaca", "last", "paper", "mean_diff"),
+    }.items():
+        if t not in screened:
+            continue
+        vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
+        hc, hr, _ = pair_arrays(cache, "hh_screen", t, pool)
+        agree = layer_agreements(hc, hr, vectors)
+        curve = [
+            {"layer": q.layer, "AUROC": q.auroc, "tune agreement": agree[q.layer]} for q in quality
+        ]
+        results[f"layers_{label}"] = curve
+        md += [f"### Per layer on the tune subset: {label} ({t}, {pool}, {contrast}, {method})"]
+        md += ["", md_table(curve, ["tune agreement"]), ""]
+
+    # 2. Test half: the choice, the paper's exact setting, the old defaults, baselines.
+    settings = {
+        "chosen defaults": (
+            choice["template"],
+            choice["pooling"],
+            choice["contrast"],
+            choice["method"],
+            "best",
+        ),
+        "paper (alpaca, last token, final layer)": ("alpaca", "last", "paper", "mean_diff", FINAL),
+        "paper contrast set, layer by the AUROC rule": (
+            "alpaca",
+            "last",
+            "paper",
+            "mean_diff",
+            "best",
+        ),
+        "previous defaults (demo set, alpaca, mean)": (
+            "alpaca",
+            "mean",
+            "demo",
+            "mean_diff",
+            "best",
+        ),
+    }
+    rows, check_inputs = [], {}
+    pairs = hh_pairs()
+    split = dev_split(len(pairs))
+    test_pairs = [pairs[i] for i in split["test"]]
+    screen_pairs = [pairs[i] for i in split["screen"]]
+    for label, (t, pool, contrast, method, layer) in settings.items():
+        if not cache.has(f"hh_test__{t}__{pool}__a") or t not in screened:
+            continue
+        vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
+        k = best if layer == "best" else layer
+        hc, hr, _ = pair_arrays(cache, "hh_test", t, pool)
+        sc, sr, _ = pair_arrays(cache, "hh_screen", t, pool)
+        m_test = margins(hc[:, k], hr[:, k], vectors[k])
+        m_tune = margins(sc[:, k], sr[:, k], vectors[k])
+        ci = ev.agreement_interval(m_test, seed=1)
+        rows.append(
+            {
+                "setting": label,
+                "template": t,
+                "pooling": pool,
+                "contrast": contrast,
+                "method": method,
+                "layer": k,
+                "tune agreement": float(ev.agreement_scores(m_tune).mean()),
+                "test agreement": ci.estimate,
+                "test 95% CI": f"{pct(ci.low)} to {pct(ci.high)}",
+            }
+        )
+        check_inputs[label] = (hc[:, k], hr[:, k], m_test, t, pool, k)
+    if rows:
+        length_test = ev.agreement_interval(
+            ev.shorter_is_safer(
+                ev.text_lengths([p.chosen for p in test_pairs]),
+                ev.text_lengths([p.rejected for p in test_pairs]),
+            ),
+            seed=1,
+        )
+        length_tune = ev.agreement_scores(
+            ev.shorter_is_safer(
+                ev.text_lengths([p.chosen for p in screen_pairs]),
+                ev.text_lengths([p.rejected for p in screen_pairs]),
+            )
+        ).mean()
+        rows.append(
+            {
+                "setting": "baseline: shorter response is safer",
+                "template": "",
+                "pooling": "",
+                "contrast": "",
+                "method": "",
+                "layer": "",
+                "tune agreement": float(length_tune),
+                "test agreement": length_test.estimate,
+                "test 95% CI": f"{pct(length_test.low)} to {pct(length_test.high)}",
+            }
+        )
+        first = next(iter(check_inputs.values()))
+        rb = ev.random_baseline(
+            first[0], first[1], 500, seed=1, reference=rows[0]["test agreement"]
+        )
+        rows.append(
+            {
+                "setting": "baseline: random directions (chosen layer; 500)",
+                "template": first[3],
+                "pooling": first[4],
+                "contrast": "",
+                "method": "",
+                "layer": first[5],
+                "tune agreement": float("nan"),
+                "test agreement": rb.mean,
+                "test 95% CI": f"{pct(rb.low)} to {pct(rb.high)} (spread of directions)",
+            }
+        )
+        results["test"] = rows
+        md += ["## Test half", "", md_table(rows, ["tune agreement", "test agreement"]), ""]
+        label = "chosen defaults"
+        if label in check_inputs:
+            c, r, m_test = check_inputs[label][:3]
+            rep = ev.agreement_report(m_test, bins=5, seed=1)
+            results["test_bins"] = rep.bin_rows()
+            md += ["### Chosen defaults by |margin| bin (test half)", ""]
+            md += [md_table(rep.bin_rows(), ["agreement", "low", "high"]), ""]
+
+            # 3. Reward-model check on the test half's embeddings at the chosen layer.
+            checks = []
+            for head, lam in (("linear", 1.0), ("mlp", 1.0), ("linear", 0.25), ("linear", 4.0)):
+                res = ev.reward_model_check(
+                    c, r, m_test, ev.RewardSettings(head=head, lam=lam, seeds=10)
+                )
+                for row in res.rows():
+                    checks.append({"head": head, "λ": lam, **row})
+                for d in res.difference_rows():
+                    checks.append(
+                        {
+                            "head": head,
+                            "λ": lam,
+                            "variant": d["difference"],
+                            "held-out accuracy (mean)": d["mean"],
+                            "sd": d["sd"],
+                            "min": float("nan"),
+                            "max": float("nan"),
+                            "train accuracy (mean)": float("nan"),
+                            "seeds": f"wins {d['wins']}, losses {d['losses']}",
+                        }
+                    )
+                print(ev.reward_text(res), flush=True)
+            results["reward_check"] = checks
+            md += ["## Reward-model check (test half, chosen layer)", ""]
+            md += [
+                md_table(
+                    checks, ["held-out accuracy (mean)", "min", "max", "train accuracy (mean)"]
+                ),
+                "",
+            ]
+
+    # 4. Direction transfer at the choice's template and pooling.
+    t, pool, method = choice["template"], choice["pooling"], choice["method"]
+    targets = {}
+    for name in transfer_instructions():
+        for style in ("fixed_opening", "varied_opening"):
+            job = f"x_{name}_{style}"
+            if cache.has(f"{job}__{t}__{pool}__a"):
+                a, b, _ = pair_arrays(cache, job, t, pool)
+                targets[f"{name} ({style.replace('_', ' ')})"] = (a, b)
+    if targets:
+        sets = contrast_sets(cache, t, pool)
+        a, b, _ = pair_arrays(cache, "adv_varied_opening", t, pool)
+        rows = []
+        for contrast in ("paper", "adv_varied", "demo", "mix"):
+            vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
+            judged = {
+                f"{c} (whole set)": (sets[c][0][:, best], sets[c][1][:, best])
+                for c in ("paper", "adv_varied", "demo", "demo_fixed")
+                if c != contrast
+            }
+            judged["advbench (varied refusal vs generic opening)"] = (a[:, best], b[:, best])
+            judged.update({k: (x[:, best], y[:, best]) for k, (x, y) in targets.items()})
+            for row in ev.transfer_matrix({f"{contrast} (layer {best})": vectors[best]}, judged):
+                rows.append(row)
+        results["transfer"] = rows
+        md += [f"## Direction transfer ({t}, {pool}, {method})", ""]
+        md += [md_table(rows, ["paired_accuracy"]), ""]
+
+    # 5. float32 against bfloat16: the same 48 test pairs, margins on the same directions.
+    rows = []
+    for label, (t, pool, contrast, method, layer) in settings.items():
+        if not cache.has(f"hh_check_float32__{t}__{pool}__a", f"hh_test__{t}__{pool}__a"):
+            continue
+        vectors, _, best = fit_layers(cache, t, pool, contrast, method)
+        k = best if layer == "best" else layer
+        c32, r32, _ = pair_arrays(cache, "hh_check_float32", t, pool)
+        c16, r16, _ = pair_arrays(cache, "hh_test", t, pool)
+        m32 = margins(c32[:, k], r32[:, k], vectors[k])
+        m16 = margins(c16[CHECK_ROWS, k], r16[CHECK_ROWS, k], vectors[k])
+        cos = np.sum(c32[:, k] * c16[CHECK_ROWS, k], 1) / (
+            np.linalg.norm(c32[:, k], axis=1) * np.linalg.norm(c16[CHECK_ROWS, k], axis=1)
+        )
+        rows.append(
+            {
+                "setting": label,
+                "layer": k,
+                "pairs": len(m32),
+                "same margin sign": float(np.mean(np.sign(m32) == np.sign(m16))),
+                "margin correlation": float(np.corrcoef(m32, m16)[0, 1]),
+                "min cosine (chosen)": float(cos.min()),
+            }
+        )
+    if rows:
+        results["dtype_check"] = rows
+        md += ["## float32 vs bfloat16 (pair embeddings)", "", md_table(rows, ["same margin sign"])]
+
+    text = "\n".join(md)
+    print(text)
+    (cache.root / "report.md").write_text(text + "\n", encoding="utf-8")
+    (out or cache.root / "report.json").write_text(
+        json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8"
+    )
+    return 0
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -311,6 +723,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.stage == "transfer":
         for template in templates:
             transfer_jobs(cache, lm, template)
+    elif args.stage == "check":
+        pairs = hh_pairs()
+        test = split["test"]
+        sel = [pairs[test[j]] for j in CHECK_ROWS]
+        for template in templates:
+            encode_job(
+                cache,
+                lm,
+                f"hh_check_{args.dtype}",
+                template,
+                [p.prompt for p in sel],
+                [p.chosen for p in sel],
+                [p.rejected for p in sel],
+            )
     return 0
 
 

@@ -3,13 +3,16 @@ checking what each page shows and what it writes to the database."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import plotly.io
 import pytest
 
 from legend_core import demo
 from legend_core.store import Store
+from legend_core.types import PreferencePair
 from tests.app_support import app, button, goto, metrics, problems, wait_until
 
 
@@ -40,6 +43,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     goto(at, "explore")
     button(at, "Compute margins").click().run()
     wait_until(at, lambda: "Agreement" in metrics(at))
+    wait_until(at, lambda: "UMAP of all" in " ".join(c.value for c in at.caption))
     assert not problems(at)
     yield url, at, direction
     monkeypatch.undo()
@@ -171,3 +175,47 @@ def _reviews(store: Store, pair_ids):
 
 def _progress_text(at) -> str:
     return " ".join(str(p.proto.text) for p in at.get("progress"))
+
+
+def test_lab_compares_saved_directions(flow):
+    url, at, direction = flow
+    store = Store(url)
+    first = store.get_direction(direction.id)
+    twin = dataclasses.replace(first, vector=-first.vector, name="opposite")
+    store.add_direction(twin)
+    goto(at, "directions")
+    assert at.dataframe[-1].value["name"].tolist() == ["lab direction", "opposite"]
+    figures = [plotly.io.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+    heatmaps = [f for f in figures if f.data[0].type == "heatmap"]
+    assert len(heatmaps) == 1
+    assert heatmaps[0].data[0].text[0][1] == "-1.00"  # the cells are labelled
+
+
+def test_lab_shows_why_a_build_failed(flow):
+    _, at, _ = flow
+    goto(at, "directions")
+    at.toggle[0].set_value(False).run()
+    at.number_input[0].set_value(99).run()
+    button(at, "Build on 80 items").click().run()
+    wait_until(at, lambda: bool(at.error))
+    assert [e.value for e in at.error] == ["Building the direction failed."]
+    assert any("layer must be 'best' or an index in 1..3" in t.value for t in at.text)
+
+
+def test_explore_resumes_an_unfinished_run(flow, tiny_model_dir):
+    url, at, direction = flow
+    store = Store(url)
+    pairs = [PreferencePair(f"question {i}", f"safe {i}", f"unsafe {i}") for i in range(5)]
+    dataset_id = store.add_dataset("five", pairs)
+    settings = {**store.list_runs()[0].settings}
+    run_id = store.start_run(dataset_id, direction.id, settings)
+    ids = store.dataset_frame(dataset_id)["id"].tolist()
+    store.add_margins(run_id, ids[:2], [0.1, -0.2])
+    goto(at, "explore")
+    at.selectbox(key="explore_dataset").set_value(dataset_id).run()
+    button(at, "Resume (3 left)").click().run()
+    wait_until(at, lambda: metrics(at).get("Pairs with a margin") == "5")
+    assert not problems(at)
+    assert store.get_run(run_id).n_margins == 5
+    margins = store.run_frame(run_id)["computed_margin"].tolist()
+    assert margins[:2] == [0.1, -0.2]  # kept, not recomputed

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from legend_core.store import Store
-from tests.app_support import PAGES, app, button, goto, large_db, metrics, problems
+from tests.app_support import PAGES, app, button, goto, large_db, metrics, problems, wait_until
 
 XSS = Path(__file__).resolve().parent / "xss" / "xss_pairs.jsonl"
 
@@ -123,6 +123,9 @@ def test_every_page_renders_with_20000_pairs(monkeypatch, big_db):
     goto(at, "directions")
     goto(at, "explore")
     assert metrics(at)["Pairs with a margin"] == "20,000"
+    # The UMAP map is laid out in the background; the page says so, then shows it.
+    wait_until(at, lambda: "random sample" in " ".join(c.value for c in at.caption))
+    assert not problems(at)
     captions = " ".join(c.value for c in at.caption)
     assert "random sample of 1,000 of 20,000 pairs" in captions  # the map says it samples
     goto(at, "review")

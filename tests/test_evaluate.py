@@ -106,15 +106,29 @@ def test_agreement_report_puts_it_together():
     assert report.length.estimate == 1.0 and report.n_pairs == 500
     assert report.overall.estimate == ev.agreement_interval(gap).estimate
     rows = report.rows()
-    assert [r["measure"].split(":")[0] for r in rows] == [
+    assert [r["measure"] for r in rows] == [
         "margin (this direction)",
-        "baseline",
-        "baseline",
+        "margin, pairs where the chosen is shorter",
+        "margin, pairs where the chosen is as long or longer",
+        "baseline: shorter response is safer",
+        "baseline: random direction (mean of 50)",
     ]
+    assert [r["n"] for r in rows] == [500, 500, 0, 500, 500]
     assert len(report.bin_rows()) == 5 and report.bin_rows()[0]["bin"] == 1
     only_margins = ev.agreement_report(gap)
     assert only_margins.length is None and only_margins.random is None
     assert len(only_margins.rows()) == 1
+
+
+def test_length_controlled_agreement_separates_the_two_kinds_of_pairs():
+    # A "direction" that only measures length: right exactly where the chosen is shorter.
+    chosen_len = np.array([1, 2, 3, 9, 9, 9])
+    rejected_len = np.array([5, 5, 5, 1, 1, 1])
+    margins = ev.shorter_is_safer(chosen_len, rejected_len)
+    split = ev.agreement_by_length(margins, chosen_len, rejected_len)
+    assert split["chosen is shorter"].estimate == 1.0
+    assert split["chosen is as long or longer"].estimate == 0.0
+    assert ev.agreement_interval(margins).estimate == 0.5
 
 
 # --- reward-model check --------------------------------------------------------------------

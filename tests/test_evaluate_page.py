@@ -50,10 +50,11 @@ def test_agreement_baselines_and_reward_check(monkeypatch, small_db, tmp_path: P
     shown = metrics(at)
     assert set(shown) == {"Agreement", "Shorter is safer", "Random directions"}
     table = at.dataframe[0].value
-    assert table["measure"].tolist()[0] == "margin (this direction)"
-    assert len(table) == 3 and table["n"].tolist() == [400, 400, 400]
-    # The synthetic direction was built to agree: well above the random directions.
-    assert table["agreement"][0] > table["agreement"][2]
+    measures = table["measure"].tolist()
+    assert measures[0] == "margin (this direction)" and len(table) == 5
+    assert table["n"].tolist()[0] == 400 and sum(table["n"].tolist()[1:3]) == 400
+    # The synthetic direction leans toward the chosen side: above the random directions.
+    assert table["agreement"][0] > table["agreement"][4]
 
     at.number_input(key="eval_lam").set_value(2.0)
     next(b for b in at.button if b.label == "Run the reward-model check").click().run()

@@ -21,13 +21,13 @@ def nav(page, name: str) -> None:
 
 def idle(page) -> None:
     """Wait until Streamlit has finished the current run."""
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(250)
     page.wait_for_function(
-        '() => !document.querySelector(\'[data-testid="stStatusWidget"] '
-        '[data-testid="stStatusWidgetRunningIcon"]\')',
+        "() => document.querySelector('[data-testid=\"stApp\"]')"
+        "?.getAttribute('data-test-script-state') !== 'running'",
         timeout=LONG,
     )
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(250)
 
 
 def shoot(page, path) -> None:
@@ -98,7 +98,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.get_by_role("button", name="Compute margins").click()
     expect(page.get_by_text("Agreement")).to_be_visible(timeout=LONG)
     idle(page)
-    chart = page.get_by_test_id("stPlotlyChart").first
+    chart = page.get_by_role("tabpanel", name="Map").get_by_test_id("stPlotlyChart")
     expect(chart.locator(".nsewdrag").first).to_be_visible(timeout=LONG)
     drag_box(page, chart)
     idle(page)

@@ -70,7 +70,7 @@ def test_hostile_text_stays_text(server, page, shots, browser_model):
     nav(page, "Annotate and explore")
     expect(page.get_by_text("Agreement")).to_be_visible()
     idle(page)
-    chart = page.get_by_test_id("stPlotlyChart").first
+    chart = page.get_by_role("tabpanel", name="Map").get_by_test_id("stPlotlyChart")
     points = chart.locator(".scatterlayer .point")
     label = chart.locator(".hoverlayer")
     expect(points.first).to_be_attached()
@@ -102,7 +102,13 @@ def test_hostile_text_stays_text(server, page, shots, browser_model):
         assert literal in seen, literal
     assert store.review_counts(store.list_runs(datasets[HOSTILE_NAME].id)[0].id)[0] >= 11
 
-    for name in ("Home", "Direction lab", "Export", "Data"):
+    nav(page, "Export")
+    page.get_by_role("button", name="Export").click()
+    expect(page.get_by_role("button", name="Download JSONL")).to_be_visible()
+    idle(page)
+    manifest = page.get_by_test_id("stJson").inner_text()
+    assert "window.__xss=1" in manifest  # the data set's name, as text
+    for name in ("Home", "Direction lab", "Data"):
         nav(page, name)
         idle(page)
     shoot(page, shots / "04_data_again.png")

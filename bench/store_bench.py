@@ -1,0 +1,328 @@
+"""Benchmark 4: the database with 100,000 pairs: import, margins, the review queue, export.
+
+The benchmark writes a synthetic preference file (``N`` pairs in the TRL JSONL layout,
+deterministic, prompts ~3x longer than responses, as in HH-RLHF), then runs each step in
+a fresh interpreter so that its time and peak memory are its own:
+
+1. **import**: ``Store.import_file`` (parse, check, insert) into a new SQLite file;
+2. **margins**: a direction and a margin run with a margin for every pair (``add_margins``);
+3. **review queue**: 500 reviews on the front of the queue, then ``next_pair`` (the review
+   page's "next pair" query) timed many times, from the start and from a given pair;
+4. **export**: ``export_dataset`` to JSONL and to Parquet (TRL-ready rows + manifest).
+
+Baselines, in the same run: the file parsed with ``json.loads`` and inserted with bare
+``sqlite3.executemany`` into a table without indexes (the floor for an import), the bare
+``SELECT ... ORDER BY value LIMIT 1`` on the same database, and ``json.dumps`` of the
+rows fetched with bare ``sqlite3`` (the floor for an export).
+
+``python -m bench.store_bench [--pairs N]``; results in ``bench/out/store.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    current_rss_mib,
+    fmt,
+    in_subprocess,
+    peak_rss_mib,
+    print_machine,
+    table,
+    write_result,
+)
+
+N_PAIRS = 100_000
+N_REVIEWS = 500
+QUERY_REPEATS = 200
+
+WORDS = (
+    "the a to of and in is it you that for on with how can i do what my be this are "
+    "help make people get would will not your about want know like could should some "
+    "friend house car money phone police gun drug steal hurt safe legal illegal advice "
+    "please sorry cannot sure here idea way think really just also good bad time"
+).split()
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` deterministic pairs: prompt ~90 words, responses ~30 words each."""
+    rng = random.Random(seed)
+
+    def text(mean: int) -> str:
+        return " ".join(rng.choices(WORDS, k=max(1, int(rng.expovariate(1 / mean)) + 3)))
+
+    return [
+        {
+            "prompt": f"Human: {text(90)}\n\nAssistant:",
+            "chosen": text(30),
+            "rejected": text(30),
+            "source_id": f"syn-{i}",
+        }
+        for i in range(n)
+    ]
+
+
+def write_file(path: Path, n: int) -> int:
+    with path.open("w", encoding="utf-8") as f:
+        for row in synthetic_pairs(n):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path.stat().st_size
+
+
+# --- steps, each in its own interpreter ---------------------------------------------------------
+
+
+def _step(name: str, fn: Any) -> dict[str, Any]:
+    before = current_rss_mib()
+    start = time.perf_counter()
+    out = fn() or {}
+    seconds = time.perf_counter() - start
+    return {
+        "step": name,
+        "seconds": seconds,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak_rss_mib(),
+        **out,
+    }
+
+
+def worker(step: str, db: str, path: str) -> dict[str, Any]:
+    import numpy as np
+
+    from legend_core.store import Store
+
+    url = f"sqlite:///{db}"
+    if step == "baseline_import":
+
+        def go() -> None:
+            con = sqlite3.connect(db + ".bare")
+            con.execute("CREATE TABLE pairs (idx INTEGER, prompt TEXT, chosen TEXT, rejected TEXT)")
+            with open(path, encoding="utf-8") as f:
+                rows = (
+                    (i, r["prompt"], r["chosen"], r["rejected"])
+                    for i, r in enumerate(map(json.loads, f))
+                )
+                con.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?)", rows)
+            con.commit()
+            con.close()
+
+        return _step(step, go)
+
+    store = Store(url)  # schema created (or checked) before the clock starts
+    if step == "import":
+        result: dict[str, Any] = {}
+
+        def go() -> dict[str, Any]:
+            dataset_id, report = store.import_file(path, name="synthetic")
+            result.update(dataset_id=dataset_id, pairs=len(report.pairs), format=report.format)
+            return result
+
+        return _step(step, go)
+
+    dataset_id = store.list_datasets()[0].id
+    if step == "margins":
+        from legend_core.directions import Direction
+
+        vector = np.random.default_rng(0).standard_normal(576).astype(np.float32)
+        direction = Direction(vector, "synthetic", 15, "mean", "alpaca", "mean_diff")
+        direction_id = store.add_direction(direction)
+
+        def go() -> dict[str, Any]:
+            frame = store.dataset_frame(dataset_id)
+            values = np.random.default_rng(1).standard_normal(len(frame))
+            run_id = store.start_run(dataset_id, direction_id, {"layer": 15})
+            store.add_margins(run_id, frame["id"].tolist(), values.tolist())
+            store.finish_run(run_id)
+            return {"run_id": run_id, "margins": len(frame)}
+
+        return _step(step, go)
+
+    run_id = store.list_runs(dataset_id)[0].id
+    if step == "review":
+        # Reviewers walk the queue from its front: the first N_REVIEWS pairs are reviewed.
+        front = store.review_queue(run_id)[:N_REVIEWS]
+        for pair_id in front:
+            store.add_review(pair_id, "bench", "accept", run_id=run_id)
+
+        def timings(fn: Any) -> dict[str, float]:
+            fn()
+            samples = []
+            for _ in range(QUERY_REPEATS):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
+            samples.sort()
+            return {
+                "median_ms": 1000 * statistics.median(samples),
+                "p95_ms": 1000 * samples[int(0.95 * len(samples)) - 1],
+                "max_ms": 1000 * samples[-1],
+            }
+
+        middle = front[-1]
+        con = sqlite3.connect(db)
+        bare_sql = "SELECT pair_id FROM margins WHERE run_id = ? ORDER BY value, pair_id LIMIT 1"
+        out = {
+            "reviews": len(front),
+            "next_pair_first_unreviewed": timings(lambda: store.next_pair(run_id)),
+            "next_pair_after_a_pair": timings(lambda: store.next_pair(run_id, middle)),
+            "next_pair_index_order": timings(lambda: store.next_pair(run_id, order="index")),
+            "review_counts": timings(lambda: store.review_counts(run_id)),
+            "baseline_bare_sql_first": timings(lambda: con.execute(bare_sql, (run_id,)).fetchone()),
+        }
+        con.close()
+        return {"step": step, **out}
+    if step in ("export_jsonl", "export_parquet"):
+        from legend_core.exports import export_dataset
+
+        suffix = step.split("_")[1]
+        target = Path(path).with_name(f"export.{suffix}")
+
+        def go() -> dict[str, Any]:
+            manifest = export_dataset(store, run_id, target)
+            return {"rows": manifest["counts"].get("rows"), "bytes": target.stat().st_size}
+
+        return _step(step, go)
+    if step == "baseline_export":
+        target = Path(path).with_name("bare.jsonl")
+
+        def go() -> None:
+            con = sqlite3.connect(db)
+            query = (
+                "SELECT p.prompt, p.chosen, p.rejected, m.value FROM pairs p "
+                "JOIN margins m ON m.pair_id = p.id WHERE m.run_id = ? ORDER BY p.idx"
+            )
+            with target.open("w", encoding="utf-8") as f:
+                for p, c, r, v in con.execute(query, (run_id,)):
+                    row = {"prompt": p, "chosen": c, "rejected": r, "margin": v}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            con.close()
+
+        return _step(step, go)
+    raise SystemExit(f"unknown step {step}")
+
+
+def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
+    print("== store: 100,000 pairs in the database ==")
+    info = print_machine()
+    n = pairs or (2_000 if quick else N_PAIRS)
+    with tempfile.TemporaryDirectory(prefix="legend-bench-") as tmp:
+        path = Path(tmp) / "pairs.jsonl"
+        db = str(Path(tmp) / "bench.db")
+        start = time.perf_counter()
+        size = write_file(path, n)
+        print(
+            f"wrote {n:,} synthetic pairs ({size / 2**20:.0f} MiB) "
+            f"in {time.perf_counter() - start:.1f}s"
+        )
+        steps = {}
+        for step in (
+            "baseline_import",
+            "import",
+            "margins",
+            "review",
+            "export_jsonl",
+            "export_parquet",
+            "baseline_export",
+        ):
+            steps[step] = in_subprocess("bench.store_bench", "--worker", step, db, str(path))
+            shown = steps[step].get("seconds")
+            print(f"  {step}: " + (f"{shown:.2f}s" if shown is not None else "done"))
+        db_size = Path(db).stat().st_size
+
+    imp, base = steps["import"], steps["baseline_import"]
+    rev = steps["review"]
+    rows = [
+        [
+            "import (parse, check, insert)",
+            fmt(imp["seconds"]),
+            fmt(imp["peak_rss_mib"]),
+            fmt(imp["seconds"] / base["seconds"]),
+        ],
+        [
+            "  baseline: json.loads + bare sqlite3",
+            fmt(base["seconds"]),
+            fmt(base["peak_rss_mib"]),
+            "1",
+        ],
+        [
+            "margins for every pair (add_margins)",
+            fmt(steps["margins"]["seconds"]),
+            fmt(steps["margins"]["peak_rss_mib"]),
+            "",
+        ],
+        [
+            "export JSONL",
+            fmt(steps["export_jsonl"]["seconds"]),
+            fmt(steps["export_jsonl"]["peak_rss_mib"]),
+            fmt(steps["export_jsonl"]["seconds"] / steps["baseline_export"]["seconds"]),
+        ],
+        [
+            "export Parquet",
+            fmt(steps["export_parquet"]["seconds"]),
+            fmt(steps["export_parquet"]["peak_rss_mib"]),
+            fmt(steps["export_parquet"]["seconds"] / steps["baseline_export"]["seconds"]),
+        ],
+        [
+            "  baseline: bare sqlite3 + json.dumps",
+            fmt(steps["baseline_export"]["seconds"]),
+            fmt(steps["baseline_export"]["peak_rss_mib"]),
+            "1",
+        ],
+    ]
+    print(table(rows, ["step", "seconds", "peak RSS MiB", "x baseline"]))
+    qrows = [
+        [
+            name.replace("_", " "),
+            fmt(rev[name]["median_ms"]),
+            fmt(rev[name]["p95_ms"]),
+            fmt(rev[name]["max_ms"]),
+        ]
+        for name in (
+            "next_pair_first_unreviewed",
+            "next_pair_after_a_pair",
+            "next_pair_index_order",
+            "review_counts",
+            "baseline_bare_sql_first",
+        )
+    ]
+    print(f"review queue ({rev['reviews']} reviewed at its front), {QUERY_REPEATS} calls each:")
+    print(table(qrows, ["query", "median ms", "p95 ms", "max ms"]))
+    result = {
+        "machine": info,
+        "pairs": n,
+        "file_bytes": size,
+        "database_bytes": db_size,
+        "steps": steps,
+        "import_seconds": imp["seconds"],
+        "import_peak_rss_mib": imp["peak_rss_mib"],
+        "import_rss_before_mib": imp["rss_before_mib"],
+        "next_pair_median_ms": rev["next_pair_first_unreviewed"]["median_ms"],
+    }
+    write_result("store", result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 pairs, to check it runs")
+    parser.add_argument("--pairs", type=int, default=None, help=f"pairs (default {N_PAIRS:,})")
+    parser.add_argument("--worker", nargs=3, metavar=("STEP", "DB", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker), default=float))
+        sys.stdout.flush()
+        return
+    run(args.quick, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
