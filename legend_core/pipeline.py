@@ -170,7 +170,7 @@ def check_compatible(lm: LoadedModel, direction: Direction) -> None:
 
 def pair_embeddings(
     lm: LoadedModel,
-    pairs: Sequence[PreferencePair],
+    pairs: Sequence[PreferencePair] | Sequence[PairText],
     direction: Direction,
     progress: Progress | None = None,
     **encode_options: Any,
@@ -221,16 +221,7 @@ def local_engine(
 
     def run(pairs: Sequence[PairText]):
         for chunk in _chunks(pairs, chunk_size):
-            chosen, rejected = encode_pairs(
-                lm,
-                [p.prompt for p in chunk],
-                [p.chosen for p in chunk],
-                [p.rejected for p in chunk],
-                layers=[direction.layer],
-                settings=settings_of(direction),
-                **encode_options,
-            )
-            yield chunk, chosen.vectors[direction.layer], rejected.vectors[direction.layer]
+            yield chunk, *pair_embeddings(lm, chunk, direction, **encode_options)
 
     return run
 
