@@ -13,6 +13,7 @@ PAGES = [
     st.Page("pages/directions.py", title="Direction lab", icon=":material/science:"),
     st.Page("pages/explore.py", title="Annotate and explore", icon=":material/scatter_plot:"),
     st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/monitoring:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 

@@ -217,8 +217,8 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 def in_subprocess(module: str, *args: str, timeout: float = 900) -> dict[str, Any]:
     """Run ``python -m MODULE ARGS`` in a fresh interpreter; it prints one JSON line last.
 
-    The child measures its own peak resident memory (``ru_maxrss``) and a baseline taken
-    after its imports, so a result's memory is that of one operation, not of this process.
+    The child measures its own peak resident memory (``VmHWM``) and its memory before the
+    operation, so a result's memory is that of one operation, not of this process.
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
@@ -234,17 +234,28 @@ def in_subprocess(module: str, *args: str, timeout: float = 900) -> dict[str, An
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, MiB.
+
+    ``VmHWM`` of /proc/self/status, which starts afresh at ``exec``: ``ru_maxrss`` does
+    not (Linux keeps the forking parent's peak in it), so in a child started by a large
+    benchmark process it would report the parent's memory.
+    """
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mib() -> float:
     """Resident memory now, MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mib()
+    now = _status_mib("VmRSS")
+    return now if now is not None else peak_rss_mib()

@@ -25,7 +25,7 @@ from typing import Any
 from bench.common import fmt, hh_pairs, interleave, model, print_machine, table, write_result
 
 SUBSET = 32
-MATMUL_ROWS = 2048
+MATMUL_ROWS = 2048  # rows of one CPU batch (encode.CPU_BATCH_TOKENS)
 
 
 def block_linear_shapes(lm: Any) -> list[tuple[int, int]]:
@@ -115,7 +115,7 @@ def matmul_runner(shapes: list[tuple[int, int]], dtype: Any, rows: int, repeats:
 def run(quick: bool = False) -> dict[str, Any]:
     import inspect
 
-    from legend_core.encode import EncodeSettings, encode_pairs, tokenize
+    from legend_core.encode import EncodeSettings, default_batch_tokens, encode_pairs, tokenize
 
     print("== flops: the encoder against the machine's matrix-multiply rate ==")
     info = print_machine()
@@ -129,8 +129,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         [p.chosen for p in pairs],
         [p.rejected for p in pairs],
     )
-    defaults = inspect.signature(encode_pairs).parameters
-    batch_tokens, max_batch = defaults["batch_tokens"].default, defaults["max_batch"].default
+    max_batch = inspect.signature(encode_pairs).parameters["max_batch"].default
+    batch_tokens = default_batch_tokens(lm)
     tok_c = tokenize(lm.tokenizer, prompts, chosen, settings)
     tok_r = tokenize(lm.tokenizer, prompts, rejected, settings)
     widths = packed_batches(lm, tok_c, tok_r, batch_tokens, max_batch)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    cpu_seconds,
     current_rss_mib,
     fmt,
     in_subprocess,
@@ -83,12 +84,13 @@ def write_file(path: Path, n: int) -> int:
 
 def _step(name: str, fn: Any) -> dict[str, Any]:
     before = current_rss_mib()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     out = fn() or {}
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     return {
         "step": name,
         "seconds": seconds,
+        "cpu_s": cpu,
         "rss_before_mib": before,
         "peak_rss_mib": peak_rss_mib(),
         **out,

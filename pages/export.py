@@ -71,7 +71,13 @@ except ValueError as error:
 
 st.subheader("Preview")
 st.caption(f"{len(preview):,} rows; the first 20:")
-st.dataframe(preview.head(20), hide_index=True)
+first = ["margin", "prompt", "chosen", "rejected"]
+st.dataframe(
+    preview.head(20),
+    hide_index=True,
+    column_order=first + [c for c in preview.columns if c not in first],
+    column_config={"margin": st.column_config.NumberColumn(format="%.4f")},
+)
 
 signature = json.dumps([run.id, fmt, filters], default=str)
 if st.button(
@@ -106,7 +112,13 @@ if done and done[0] == signature:
         icon=":material/description:",
         on_click="ignore",
     )
-    st.subheader("Manifest")
-    st.json(result.manifest, expanded=2)
+    counts = result.manifest["counts"]
+    st.caption(
+        f"{counts['rows']:,} rows written: {counts['flipped']:,} flipped, "
+        f"{counts['overridden']:,} overridden. The manifest records the run, the direction, "
+        "the filters, what each filter left out, and the file's SHA-256."
+    )
+    with st.expander("Manifest (JSON)"):
+        st.json(result.manifest, expanded=2)
 elif done:
     st.caption("The settings changed since the last export: export again.")

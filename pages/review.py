@@ -128,16 +128,20 @@ def review_pane() -> None:
     flags = [w for w, on in (("flipped", state.flipped), ("flagged", state.flagged)) if on]
     m[4].metric("State", ", ".join(flags) or "as imported")
 
+    texts = (pair.prompt, pair.chosen, pair.rejected)
+    box = (
+        320 if max(len(t) for t in texts) > 600 or max(t.count("\n") for t in texts) > 12 else None
+    )
     cols = st.columns(3)
     for col, title, text in zip(
         cols,
         ("Prompt", "Chosen (as imported)", "Rejected (as imported)"),
-        (pair.prompt, pair.chosen, pair.rejected),
+        texts,
         strict=True,
     ):
         with col:
             st.caption(title)
-            ui.plain(text, height=320)
+            ui.plain(text, height=box)
     if state.flipped:
         st.caption("Flipped: the export swaps chosen and rejected and negates the margin.")
 

@@ -367,6 +367,9 @@ def contrast_sets(cache: Cache, template: str, pool: str) -> dict[str, tuple]:
         "demo": (da, db, dl[0], dl[1]),
         "demo_fixed": (xa, db, xl[0], dl[1]),
     }
+    if cache.has(f"adv_varied_all__{template}__{pool}__a"):
+        wa, _, wl = pair_arrays(cache, "adv_varied_all", template, pool)
+        sets["adv_varied_all"] = (wa, fb, wl[0], fl[1])
     sets["adv_opening"] = (va, vb, vl[0], vl[1])
     sets["demo_opening"] = (da, xb, dl[0], xl[1])
     sets["mix"] = tuple(np.concatenate([x, y]) for x, y in zip(sets["adv_varied"], sets["demo"]))
@@ -719,6 +722,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             hh_job(cache, lm, "screen", template)
     elif args.stage == "test":
         for template in templates:
+            adv = advbench()
+            n = len(adv)
+            # The recipe on all 520 goals: target openings vs our varied refusals.
+            encode_job(cache, lm, "adv_varied_all", template, [i.instruction for i in adv],
+                       cycle(ev.VARIED_REFUSALS, n), cycle(ev.AFFIRMATIVE_OPENINGS, n))
             hh_job(cache, lm, "test", template)
     elif args.stage == "transfer":
         for template in templates:

@@ -15,7 +15,7 @@ from legend_core.types import PreferencePair
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGES = ["home", "data", "directions", "explore", "review", "export"]
+PAGES = ["home", "data", "directions", "explore", "review", "evaluate", "export"]
 TIMEOUT = 180
 
 

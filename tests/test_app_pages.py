@@ -38,6 +38,7 @@ def test_every_page_renders_on_an_empty_database(monkeypatch, db, tiny_model_dir
         "directions": "No saved directions yet",
         "explore": "No data sets yet",
         "review": "No margins to review yet",
+        "evaluate": "No margins to evaluate yet",
         "export": "Nothing to export yet",
     }
     for page in PAGES[1:]:
@@ -130,5 +131,6 @@ def test_every_page_renders_with_20000_pairs(monkeypatch, big_db):
     assert "random sample of 1,000 of 20,000 pairs" in captions  # the map says it samples
     goto(at, "review")
     assert metrics(at)["Pair"] == "1 of 20,000"
+    goto(at, "evaluate")
     goto(at, "export")
     assert "20,000 rows" in " ".join(c.value for c in at.caption)

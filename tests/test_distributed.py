@@ -43,7 +43,7 @@ def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_
     crashing = CountingEngine(tiny_lm, direction, crash_after=1)
     with pytest.raises(KeyboardInterrupt):
         annotate_dataset(store, None, dataset_id, direction_id, engine=crashing)
-    engine = ray_engine(store.get_direction(direction_id), actors=2, chunk_size=64)
+    engine = ray_engine(store.get_direction(direction_id), actors=2, chunk_size=64, dtype="float32")
     seen = []
 
     def counting(pairs):

@@ -144,3 +144,89 @@ def test_shared_prompt_pass_equals_separate_passes(tiny_lm, template, pooling, m
     np.testing.assert_array_equal(c.n_tokens, alone_c.n_tokens)
     early_c, _ = encode_pairs(tiny_lm, prompts, chosen, rejected, layers=[1], settings=settings)
     np.testing.assert_allclose(early_c.vectors[1], alone_c.vectors[1], atol=1e-5)
+
+
+PAIR_PROMPTS = PROMPTS + ["x " * 100, "a longer prompt about locks " * 6]
+PAIR_CHOSEN = RESPONSES + ["ok fine", "I would rather not help with that."]
+PAIR_REJECTED = [
+    "No.",
+    "Sure thing, first you get a wrench, then the pins",
+    "hello",
+    "no " * 30,
+    "Sure: " + "step " * 12,
+]
+
+
+@pytest.fixture()
+def eager_lm(tiny_model_dir):
+    from legend_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    lm.model.config._attn_implementation = "eager"
+    return lm
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
+def test_packed_pairs_with_eager_attention_equal_separate_passes(eager_lm, pooling):
+    from legend_core.encode import encode_pairs
+
+    settings = EncodeSettings(pooling=pooling)
+    args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
+    c, r = encode_pairs(eager_lm, *args, settings=settings, batch_tokens=300)
+    alone_c = encode(eager_lm, PAIR_PROMPTS, PAIR_CHOSEN, settings=settings)
+    alone_r = encode(eager_lm, PAIR_PROMPTS, PAIR_REJECTED, settings=settings)
+    for layer in range(eager_lm.num_layers + 1):
+        np.testing.assert_allclose(c.vectors[layer], alone_c.vectors[layer], atol=1e-5)
+        np.testing.assert_allclose(r.vectors[layer], alone_r.vectors[layer], atol=1e-5)
+
+
+def test_pairs_fall_back_to_separate_passes_without_a_custom_mask(tiny_lm, monkeypatch):
+    import legend_core.encode as enc
+
+    settings = EncodeSettings(pooling="mean")
+    args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
+    packed = enc.encode_pairs(tiny_lm, *args, settings=settings)
+    monkeypatch.setattr(enc, "PACKING_ATTENTION", ())
+    seen = []
+    c, r = enc.encode_pairs(
+        tiny_lm, *args, settings=settings, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen[-1] == (len(PAIR_PROMPTS), len(PAIR_PROMPTS))
+    for layer in c.vectors:
+        np.testing.assert_allclose(c.vectors[layer], packed[0].vectors[layer], atol=1e-5)
+        np.testing.assert_allclose(r.vectors[layer], packed[1].vectors[layer], atol=1e-5)
+
+
+def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
+    """The prompt is shared and padding stays small: a regression test for the batching."""
+    from legend_core.encode import _common_prefix, encode_pairs
+
+    settings = EncodeSettings(template="plain")
+    prompts = [f"question {'x ' * (5 + 7 * i)}" for i in range(12)]
+    chosen = [f"answer {'y ' * (1 + (5 * i) % 9)}" for i in range(12)]
+    rejected = [f"no {'z ' * (1 + (3 * i) % 7)}" for i in range(12)]
+    calls = []
+    hook = tiny_lm.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        encode_pairs(tiny_lm, prompts, chosen, rejected, settings=settings, batch_tokens=256)
+    finally:
+        hook.remove()
+    tok_c = tokenize(tiny_lm.tokenizer, prompts, chosen, settings)
+    tok_r = tokenize(tiny_lm.tokenizer, prompts, rejected, settings)
+    separate = sum(len(t.ids) for t in tok_c + tok_r)
+    needed = sum(
+        len(c.ids) + len(r.ids) - _common_prefix(c.ids, r.ids, c.response_start)
+        for c, r in zip(tok_c, tok_r)
+    )
+    run = sum(rows * width for rows, width in calls)
+    assert needed < 0.8 * separate, "prompts must be long enough for sharing to matter"
+    assert run <= 1.25 * needed, f"{run} tokens run for {needed} needed"
+    assert all(rows * width <= 256 or rows == 1 for rows, width in calls)
+
+
+def test_default_batch_tokens_depend_on_the_device(tiny_lm):
+    from legend_core.encode import CPU_BATCH_TOKENS, default_batch_tokens
+
+    assert default_batch_tokens(tiny_lm) == CPU_BATCH_TOKENS

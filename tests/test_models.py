@@ -7,7 +7,13 @@ import shutil
 import pytest
 import torch
 
-from legend_core.models import ModelLoadError, load_model, resolve_device, resolve_dtype
+from legend_core.models import (
+    ModelLoadError,
+    cpu_has_bf16,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def test_local_folder_loads_without_a_head(tiny_lm, tiny_model_dir):
@@ -21,7 +27,18 @@ def test_local_folder_loads_without_a_head(tiny_lm, tiny_model_dir):
 def test_dtype_choice(tiny_model_dir):
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert lm.dtype == torch.bfloat16
+    native = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert resolve_dtype("auto", "cpu") == native
+
+
+def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch):
+    import legend_core.models as models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float32", "cpu") == torch.float32
 
 
 def test_fingerprint_changes_when_weights_change(tmp_path, tiny_model_dir):

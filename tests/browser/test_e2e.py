@@ -30,6 +30,13 @@ def idle(page) -> None:
     page.wait_for_timeout(250)
 
 
+def no_exceptions(page) -> None:
+    """No Python exception is shown on the page."""
+    assert page.get_by_test_id("stException").count() == 0, page.get_by_test_id(
+        "stException"
+    ).first.inner_text()
+
+
 def shoot(page, path) -> None:
     """Screenshot the whole page: Streamlit scrolls inside its main block, so the viewport
     is made as tall as that block for the shot."""
@@ -37,6 +44,7 @@ def shoot(page, path) -> None:
         "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
         " return m ? m.scrollHeight : document.body.scrollHeight; }"
     )
+    no_exceptions(page)
     page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 7000))})
     page.wait_for_timeout(700)
     page.screenshot(path=path)
@@ -130,11 +138,27 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.keyboard.press("f")  # the Flip shortcut
     expect(page.get_by_text(f"3 of {n_selected}", exact=True)).to_be_visible()
     idle(page)
+    # Typing a note (letters that are also shortcuts) must not trigger any action.
+    note = page.get_by_label("Note (optional, stored with the next action)")
+    note.click()
+    page.keyboard.type("a flagged pun, oops")
+    note.press("Enter")
+    idle(page)
+    assert sum(len(store.pair_history(p)) for p in selection) == 2
+    page.get_by_role("button", name="Flag").click()
+    expect(page.get_by_text(f"4 of {n_selected}", exact=True)).to_be_visible()
+    idle(page)
     shoot(page, shots / "07_review_after.png")
     reviews = {h.action: h for p in selection for h in store.pair_history(p)}
-    assert set(reviews) == {"override", "flip"}
+    assert set(reviews) == {"override", "flip", "flag"}
+    assert reviews["flag"].note == "a flagged pun, oops"
     assert reviews["override"].value == 42.5
     assert {r.annotator for r in reviews.values()} == {"e2e reviewer"}
+
+    nav(page, "Evaluate")
+    expect(page.get_by_role("heading", name="Evaluate")).to_be_visible()
+    idle(page)
+    shoot(page, shots / "08_evaluate.png")
 
     nav(page, "Export")
     export = page.get_by_role("button", name="Export")
@@ -143,13 +167,13 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     download_button = page.get_by_role("button", name="Download JSONL")
     expect(download_button).to_be_visible()
     idle(page)
-    shoot(page, shots / "08_export.png")
+    shoot(page, shots / "09_export.png")
     with page.expect_download() as info:
         download_button.click()
     path = tmp_path / info.value.suggested_filename
     info.value.save_as(path)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == 52
+    assert len(rows) == 51  # the flagged pair is left out (the default)
 
     overridden = store.get_pair(reviews["override"].pair_id)
     flipped = store.get_pair(reviews["flip"].pair_id)

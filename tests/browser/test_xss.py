@@ -106,6 +106,7 @@ def test_hostile_text_stays_text(server, page, shots, browser_model):
     page.get_by_role("button", name="Export").click()
     expect(page.get_by_role("button", name="Download JSONL")).to_be_visible()
     idle(page)
+    page.get_by_text("Manifest (JSON)", exact=True).click()
     manifest = page.get_by_test_id("stJson").inner_text()
     assert "window.__xss=1" in manifest  # the data set's name, as text
     for name in ("Home", "Direction lab", "Data"):
