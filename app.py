@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]
 
+_common.login_gate()
 page = st.navigation(PAGES)
 _common.sidebar()
 page.run()

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from legend_core import config
+from legend_core import auth, config
 from legend_core.jobs import Job, JobRegistry
 from legend_core.store import DatasetInfo, DirectionInfo, RunInfo, Store
 
@@ -91,14 +91,72 @@ def _keep(key: str, default: Any) -> dict[str, Any]:
     return {"key": widget, "on_change": save}
 
 
+# --- login mode (on when LEGEND_AUTH_FILE names a users file) -------------------------------
+
+
+def auth_config() -> auth.AuthConfig | None:
+    """The users file's content in login mode, else None (read anew: users may change)."""
+    path = auth.auth_file()
+    return auth.load_config(path) if path else None
+
+
+def user() -> auth.User | None:
+    """Who is signed in (login mode only)."""
+    return st.session_state.get("user")
+
+
+def login_gate() -> None:
+    """In login mode, show the sign-in form and stop the page until someone signs in."""
+    settings = auth_config()
+    if settings is None or user() is not None:
+        return
+    st.title("Sign in to Legend Studio")
+    with st.form("login"):
+        username = st.text_input("Username")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        signed_in = auth.authenticate(settings, username.strip(), password)
+        if signed_in is None:
+            st.error("Wrong username or password.")
+        else:
+            st.session_state["user"] = signed_in
+            st.session_state["annotator"] = signed_in.username
+            st.rerun()
+    st.stop()
+
+
+def can_delete() -> bool:
+    """Deleting data sets, directions and runs: anyone without login mode, else admins."""
+    signed_in = user()
+    return auth.auth_file() is None or (signed_in is not None and signed_in.is_admin)
+
+
+def blind_review() -> bool:
+    """Whether others' margins and reviews stay hidden until you have reviewed a pair."""
+    settings = auth_config()
+    return bool(settings and settings.blind_review)
+
+
+def _sign_out() -> None:
+    for key in ("user", "annotator"):
+        st.session_state.pop(key, None)
+
+
 def sidebar() -> None:
     """The annotator's name, the model in use, and work running in the background."""
     with st.sidebar:
-        st.text_input(
-            "Your name (recorded on every review)",
-            placeholder="e.g. alex",
-            **_keep("annotator", ""),
-        )
+        signed_in = user()
+        if signed_in is not None:
+            st.caption("Signed in as")
+            st.text(f"{signed_in.name} ({signed_in.username}, {signed_in.role})")
+            st.button("Sign out", on_click=_sign_out, key="sign_out")
+        else:
+            st.text_input(
+                "Your name (recorded on every review)",
+                placeholder="e.g. alex",
+                **_keep("annotator", ""),
+            )
         name, device, dtype, trust = model_choice()
         st.caption("Model in use")
         st.text(name if name != config.DEFAULT_MODEL else "default (SmolLM2-135M-Instruct)")
@@ -125,7 +183,10 @@ def sidebar() -> None:
 
 
 def annotator() -> str:
-    """The annotator's name from the sidebar ("" if not given)."""
+    """Who reviews: the signed-in user in login mode, else the sidebar's name ("" if none)."""
+    signed_in = user()
+    if signed_in is not None:
+        return signed_in.username
     return (st.session_state.get("annotator") or "").strip()
 
 

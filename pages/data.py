@@ -112,13 +112,16 @@ with pairs_tab:
             st.caption("First 100 pairs")
             frame = s.dataset_frame(chosen.id).head(100)
             st.dataframe(frame.drop(columns=["meta"]), hide_index=True, height=260)
-            with st.expander("Delete this data set"):
-                st.caption("Deletes its pairs, margin runs and reviews. There is no undo.")
-                sure = st.checkbox("I am sure", key="delete_sure")
-                if st.button("Delete", disabled=not sure, key="delete_dataset"):
-                    s.delete_dataset(chosen.id)
-                    st.session_state.pop("sel_dataset", None)
-                    st.rerun()
+            if ui.can_delete():
+                with st.expander("Delete this data set"):
+                    st.caption("Deletes its pairs, margin runs and reviews. There is no undo.")
+                    sure = st.checkbox("I am sure", key="delete_sure")
+                    if st.button("Delete", disabled=not sure, key="delete_dataset"):
+                        s.delete_dataset(chosen.id)
+                        st.session_state.pop("sel_dataset", None)
+                        st.rerun()
+            else:
+                st.caption("Only an admin can delete data sets.")
 
 with contrast_tab:
     st.caption(

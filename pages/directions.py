@@ -212,3 +212,18 @@ else:
             matrix = explore.direction_similarity(pairs)
             st.plotly_chart(charts.similarity_heatmap(matrix))
             st.caption("Cosine similarity; blank where the models differ (not comparable).")
+    if ui.can_delete():
+        with st.expander("Delete a direction"):
+            st.caption("Deletes the direction and its margin runs; flips and flags stay.")
+            doomed = st.selectbox(
+                "Direction",
+                [d.id for d in stored],
+                format_func={d.id: ui.direction_name(d) for d in stored}.__getitem__,
+                key="delete_direction_pick",
+            )
+            sure = st.checkbox("I am sure", key="delete_direction_sure")
+            if st.button("Delete", disabled=not sure, key="delete_direction"):
+                s.delete_direction(doomed)
+                st.rerun()
+    else:
+        st.caption("Only an admin can delete directions.")

@@ -112,6 +112,9 @@ def review_pane() -> None:
         st.toggle("Go to the next pair after each action", value=True, key="review_advance")
 
     pair = s.get_pair(current)
+    history = s.pair_history(current)
+    # Blind review: others' verdicts stay hidden until this annotator has reviewed the pair.
+    hidden = ui.blind_review() and not any(h.annotator == ui.annotator() for h in history)
     state = s.pair_state(current, run.id)
     margins = computed(url, run.id, run.n_margins)
     value = float(margins.get(current, float("nan")))
@@ -122,11 +125,11 @@ def review_pane() -> None:
     m[2].metric("Percentile", f"{explore.percentile_of(margins.to_numpy(), value):.0f}")
     m[3].metric(
         "Effective margin",
-        "—" if effective is None else f"{effective:.3f}",
+        "hidden" if hidden else "—" if effective is None else f"{effective:.3f}",
         help="After reviews: an override, or the computed margin negated when flipped.",
     )
     flags = [w for w, on in (("flipped", state.flipped), ("flagged", state.flagged)) if on]
-    m[4].metric("State", ", ".join(flags) or "as imported")
+    m[4].metric("State", "hidden" if hidden else ", ".join(flags) or "as imported")
 
     texts = (pair.prompt, pair.chosen, pair.rejected)
     box = (
@@ -142,7 +145,7 @@ def review_pane() -> None:
         with col:
             st.caption(title)
             ui.plain(text, height=box)
-    if state.flipped:
+    if state.flipped and not hidden:
         st.caption("Flipped: the export swaps chosen and rejected and negates the margin.")
 
     disabled = not ui.annotator()
@@ -169,7 +172,7 @@ def review_pane() -> None:
         )
         st.number_input(
             "New margin",
-            value=float(effective) if effective is not None else 0.0,
+            value=float(value if hidden or effective is None else effective),
             step=0.1,
             format="%.4f",
             key=f"override_{current}",
@@ -187,7 +190,9 @@ def review_pane() -> None:
     if "review_done" in st.session_state:
         st.toast(st.session_state.pop("review_done"), icon=":material/check:")
 
-    history = s.pair_history(current)
+    if hidden:
+        history = []
+        st.caption("Blind review: others' reviews of this pair show once you have reviewed it.")
     st.caption("History of this pair (every annotator, every run)")
     if history:
         st.dataframe(
@@ -202,3 +207,16 @@ def review_pane() -> None:
 
 
 review_pane()
+
+with st.expander("Agreement between annotators"):
+    from legend_core.agreement import agreement_frame, pairwise_agreement
+
+    table = agreement_frame(pairwise_agreement(s.reviews_frame(run.dataset_id)))
+    if table.empty:
+        st.caption("Shows once two annotators have reviewed the same pairs.")
+    else:
+        st.caption(
+            "Per pair of annotators, on the pairs both reviewed: agreement and Cohen's kappa "
+            "on flips and flags; correlation and mean absolute difference of overrides."
+        )
+        st.dataframe(table, hide_index=True)

@@ -111,6 +111,8 @@ def test_killed_process_resumes(tmp_path, tiny_model_dir, tiny_lm):
         db,
         "--device",
         "cpu",
+        "--dtype",
+        "float32",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(

@@ -39,7 +39,9 @@ def _free_port() -> int:
 class Server:
     """``streamlit run app.py`` on a free port, with its own database and model."""
 
-    def __init__(self, db_url: str, model: Path, log: Path) -> None:
+    def __init__(
+        self, db_url: str, model: Path, log: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = db_url
@@ -50,6 +52,7 @@ class Server:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            **(extra_env or {}),
         }
         command = [
             sys.executable,

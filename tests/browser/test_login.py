@@ -1,0 +1,99 @@
+"""Login mode in a real browser: annotators cannot reach admin actions, reviews carry the
+signed-in name, and blind review hides others' verdicts until you have reviewed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from legend_core.auth import add_user, set_blind_review
+from legend_core.directions import Direction
+from legend_core.store import Store
+from legend_core.types import PreferencePair
+from tests.browser.conftest import Server
+from tests.browser.test_e2e import idle, nav, no_exceptions, shoot
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def team(tmp_path, browser_model):
+    """A database with one annotated data set, a users file, and the app in login mode."""
+    db = f"sqlite:///{tmp_path / 'team.db'}"
+    with Store(db) as store:
+        pairs = [PreferencePair(f"question {i}", f"safe {i}", f"unsafe {i}") for i in range(5)]
+        dataset_id = store.add_dataset("team pairs", pairs)
+        direction = Direction(np.ones(8, np.float32), "m", 1, "mean", "alpaca", "mean_diff")
+        run_id = store.start_run(dataset_id, store.add_direction(direction), {})
+        ids = [p.id for p in store.pairs_missing_margins(run_id)]
+        store.add_margins(run_id, ids, [-0.5, -0.1, 0.2, 0.3, 0.9])
+        store.add_review(ids[0], "ada", "override", value=7.25, run_id=run_id)
+    users = tmp_path / "users.json"
+    add_user(users, "ada", "ada-password", "admin", name="Ada")
+    add_user(users, "ben", "ben-password", "annotator", name="Ben")
+    set_blind_review(users, True)
+    server = Server(db, browser_model, tmp_path / "server.log", {"LEGEND_AUTH_FILE": str(users)})
+    yield server, db, ids
+    server.stop()
+
+
+def sign_in(page, url: str, username: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    idle(page)
+
+
+def test_annotator_cannot_delete_and_reviews_carry_the_login(team, page, shots):
+    from playwright.sync_api import expect
+
+    server, db, ids = team
+    sign_in(page, server.url, "ben", "wrong-password")
+    expect(page.get_by_text("Wrong username or password.")).to_be_visible()
+    shoot(page, shots / "01_sign_in_refused.png")
+
+    sign_in(page, server.url, "ben", "ben-password")
+    expect(page.get_by_text("Ben (ben, annotator)")).to_be_visible()
+    assert page.get_by_label("Your name (recorded on every review)").count() == 0
+
+    nav(page, "Data")
+    idle(page)
+    expect(page.get_by_text("Only an admin can delete data sets.")).to_be_visible()
+    assert page.get_by_text("Delete this data set").count() == 0
+    shoot(page, shots / "02_data_as_annotator.png")
+    nav(page, "Direction lab")
+    idle(page)
+    expect(page.get_by_text("Only an admin can delete directions.")).to_be_visible()
+
+    nav(page, "Review")
+    idle(page)
+    # Blind review: ada's override of the first pair is not shown to ben yet.
+    expect(page.get_by_text("others' reviews of this pair show once")).to_be_visible()
+    assert page.get_by_text("7.25").count() == 0
+    shoot(page, shots / "03_review_blind.png")
+    page.get_by_role("button", name="Accept").click()
+    idle(page)
+    no_exceptions(page)
+
+    with Store(db) as store:
+        history = store.pair_history(ids[0])
+    assert [(h.annotator, h.action) for h in history] == [("ada", "override"), ("ben", "accept")]
+
+    page.get_by_role("button", name="Previous").click()
+    idle(page)
+    # Having reviewed it, ben now sees ada's override as the effective margin.
+    expect(page.get_by_text("7.250")).to_be_visible()
+    assert page.get_by_text("others' reviews of this pair show once").count() == 0
+    shoot(page, shots / "04_review_after.png")
+
+
+def test_admin_sees_delete(team, page, shots):
+    from playwright.sync_api import expect
+
+    server, _, _ = team
+    sign_in(page, server.url, "ada", "ada-password")
+    nav(page, "Data")
+    idle(page)
+    expect(page.get_by_text("Delete this data set")).to_be_visible()
+    shoot(page, shots / "01_data_as_admin.png")
