@@ -171,18 +171,25 @@ def dequantized_default(cache_dir: Path | None = None) -> tuple[Path, str]:
     """
     gguf = default_gguf_path()
     digest = _sha256(gguf)[:16]
-    target = Path(cache_dir or config.model_cache_dir()) / f"smollm2-135m-instruct-{digest}"
+    # "-plain": the saved config carries no GGUF quantization settings, so the folder loads
+    # as an ordinary float model (in whatever dtype is asked for).
+    target = Path(cache_dir or config.model_cache_dir()) / f"smollm2-135m-instruct-{digest}-plain"
     if (target / "model.safetensors").is_file():
         return target, digest
 
+    import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("Dequantizing %s into %s (once).", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    full = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    full = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     base = full.get_decoder()
+    if hasattr(base.config, "quantization_config"):
+        del base.config.quantization_config
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     tmp.chmod(0o755)
     try:
