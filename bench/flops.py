@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import fmt, hh_pairs, interleave, model, print_machine, table, write_result
 
-SUBSET = 32
+SUBSET = 64
 MATMUL_ROWS = 2048  # rows of one CPU batch (encode.CPU_BATCH_TOKENS)
 
 

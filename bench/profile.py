@@ -7,7 +7,7 @@ final layer):
    submodules read this thread's CPU clock (``time.thread_time``) before and after, with
    torch on one thread so that the clock sees all the work; other jobs on the machine
    do not inflate a thread's CPU time the way they inflate wall time.
-2. **pyinstrument** (wall clock, default threads): the Python call tree.
+2. **pyinstrument** (wall clock, one thread too): self time per function.
 
 Writes ``bench/out/profile.txt`` and ``bench/out/profile.json``. Needs ``pyinstrument``
 (``pip install pyinstrument``) for the second part; the first runs without it.
@@ -79,6 +79,22 @@ def breakdown(lm: Any, run: Any) -> dict[str, float]:
     return parts
 
 
+def call_tree(run: Any) -> str:
+    """pyinstrument's self time per function during ``run()`` (wall clock)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        return "(pyinstrument is not installed: pip install pyinstrument)"
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    run()
+    profiler.stop()
+    flat = profiler.output_text(unicode=False, color=False, flat=True)
+    return "pyinstrument, self time per function (wall clock, one thread):\n" + "\n".join(
+        flat.splitlines()[:40]
+    )
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     import torch
 
@@ -98,6 +114,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     try:
         parts = breakdown(lm, go)
+        tree = call_tree(go)
     finally:
         torch.set_num_threads(threads)
     lines = [f"CPU seconds of one thread by part of the model ({len(pairs)} pairs, final layer):"]
@@ -107,20 +124,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     text = "\n".join(lines)
     print(text)
 
-    tree = ""
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        tree = "(pyinstrument is not installed: pip install pyinstrument)"
-    else:
-        profiler = Profiler(interval=0.005)
-        profiler.start()
-        go()
-        profiler.stop()
-        flat = profiler.output_text(unicode=False, color=False, flat=True)
-        tree = "pyinstrument, self time per function (wall clock):\n" + "\n".join(
-            flat.splitlines()[:40]
-        )
     print(tree)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "profile.txt").write_text(text + "\n\n" + tree, encoding="utf-8")

@@ -69,6 +69,22 @@ AFFIRMATIVE_OPENINGS: tuple[str, ...] = (
 )
 
 
+def with_varied_refusals(items: Sequence[Any], offset: int = 0) -> list[Any]:
+    """Contrastive items with our varied refusals as the harmless side, cycled in order.
+
+    Item ``i`` gets ``VARIED_REFUSALS[(i + offset) % len(VARIED_REFUSALS)]``; instruction
+    and harmful response are kept. With AdvBench (goal, target) this is the contrastive set
+    EVALUATION.md found best: affirmative openings against refusals of every length.
+    """
+    from legend_core.types import ContrastItem
+
+    n = len(VARIED_REFUSALS)
+    return [
+        ContrastItem(item.instruction, item.harmful, VARIED_REFUSALS[(i + offset) % n])
+        for i, item in enumerate(items)
+    ]
+
+
 # --- agreement ---------------------------------------------------------------------------
 
 
@@ -135,6 +151,37 @@ def agreement_interval(
 ) -> Interval:
     """Share of pairs whose value (a margin) is positive, with a bootstrap interval."""
     return bootstrap_share(agreement_scores(values), n_boot, level, seed)
+
+
+def paired_difference(
+    values_a: np.ndarray,
+    values_b: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Agreement of margins ``a`` minus agreement of margins ``b`` on the same pairs.
+
+    The pairs are resampled together (a paired bootstrap), so what the two share (the same
+    hard and easy pairs) cancels out: the interval is the one to read when asking whether
+    one setting beats another on one data set.
+    """
+    a, b = agreement_scores(values_a), agreement_scores(values_b)
+    if a.shape != b.shape:
+        raise ValueError("both settings must be measured on the same pairs")
+    n = len(a)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // n)
+    means = []
+    for start in range(0, n_boot, chunk):
+        rows = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        means.append(diff[rows].mean(1))
+    tail = (1 - level) / 2
+    low, high = np.quantile(np.concatenate(means), [tail, 1 - tail])
+    return Interval(float(diff.mean()), float(low), float(high), n)
 
 
 @dataclass

@@ -326,6 +326,24 @@ def transfer_jobs(cache: Cache, lm, template: str) -> None:
         )
 
 
+def write_recipe(path: Path) -> int:
+    """Write the winning contrastive set as a CSV for ``legend build-direction --contrast``.
+
+    AdvBench goals and targets (read from ../shared, written to ``path`` outside the
+    repository) with our varied refusals: the ``adv_varied_all`` set of the report.
+    """
+    import csv
+
+    items = ev.with_varied_refusals(advbench())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "harmful", "harmless"])
+        writer.writerows((i.instruction, i.harmful, i.harmless) for i in items)
+    print(f"{len(items)} items -> {path}")
+    return 0
+
+
 def load_lm(dtype: str):
     from legend_core.models import load_model
 
@@ -383,10 +401,17 @@ def fit_layers(cache: Cache, template: str, pool: str, contrast: str, method: st
     """Fit a direction at every layer as ``build_direction`` does (same split, same rule).
 
     Returns (vectors: layer -> unit vector, qualities: list of LayerQuality, best layer).
+    Kept under ``CACHE/fits`` (the logistic probes take a while on two cores).
     """
     from legend_core import directions as dirs
 
     key = (template, pool, contrast, method)
+    path = cache.root / "fits" / ("__".join(key) + ".npz")
+    if key not in _FITS and path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            quality = [dirs.LayerQuality(**q) for q in json.loads(str(saved["quality"]))]
+            vectors = {q.layer: saved["vectors"][i] for i, q in enumerate(quality)}
+            _FITS[key] = (vectors, quality, int(saved["best"]))
     if key not in _FITS:
         harmless, harmful, lh, lf = contrast_sets(cache, template, pool)[contrast]
         n = len(harmless)
@@ -398,6 +423,13 @@ def fit_layers(cache: Cache, template: str, pool: str, contrast: str, method: st
             )
             quality.append(q)
         _FITS[key] = (vectors, quality, dirs.best_layer(quality))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            path,
+            vectors=np.stack([vectors[q.layer] for q in quality]),
+            quality=np.array(json.dumps([dataclasses.asdict(q) for q in quality])),
+            best=np.array(_FITS[key][2]),
+        )
     return _FITS[key]
 
 
@@ -491,37 +523,55 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
         md += ["", md_table(curve, ["tune agreement"]), ""]
 
     # 2. Test half: the choice, the paper's exact setting, the old defaults, baselines.
-    settings = {
-        "chosen defaults": (
+    chosen = (choice["template"], choice["pooling"], choice["contrast"], choice["method"])
+    settings = {"chosen settings (as selected)": (*chosen, "best")}
+    if choice["contrast"] == "adv_varied":
+        settings["chosen defaults (recipe on all 520 AdvBench goals)"] = (
             choice["template"],
             choice["pooling"],
-            choice["contrast"],
+            "adv_varied_all",
             choice["method"],
             "best",
-        ),
-        "paper (alpaca, last token, final layer)": ("alpaca", "last", "paper", "mean_diff", FINAL),
-        "paper contrast set, layer by the AUROC rule": (
-            "alpaca",
-            "last",
-            "paper",
-            "mean_diff",
-            "best",
-        ),
-        "previous defaults (demo set, alpaca, mean)": (
-            "alpaca",
-            "mean",
-            "demo",
-            "mean_diff",
-            "best",
-        ),
-    }
+        )
+    settings["chosen defaults with the demo contrast set (app out of the box)"] = (
+        choice["template"],
+        choice["pooling"],
+        "demo",
+        choice["method"],
+        "best",
+    )
+    settings["paper (alpaca, last token, final layer)"] = (
+        "alpaca",
+        "last",
+        "paper",
+        "mean_diff",
+        FINAL,
+    )
+    settings["paper contrast set, layer by the AUROC rule"] = (
+        "alpaca",
+        "last",
+        "paper",
+        "mean_diff",
+        "best",
+    )
+    settings["previous defaults (demo set, alpaca, mean, mean_diff)"] = (
+        "alpaca",
+        "mean",
+        "demo",
+        "mean_diff",
+        "best",
+    )
     rows, check_inputs = [], {}
     pairs = hh_pairs()
     split = dev_split(len(pairs))
     test_pairs = [pairs[i] for i in split["test"]]
     screen_pairs = [pairs[i] for i in split["screen"]]
+    len_c = ev.text_lengths([p.chosen for p in test_pairs])
+    len_r = ev.text_lengths([p.rejected for p in test_pairs])
     for label, (t, pool, contrast, method, layer) in settings.items():
         if not cache.has(f"hh_test__{t}__{pool}__a") or t not in screened:
+            continue
+        if contrast not in contrast_sets(cache, t, pool):
             continue
         vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
         k = best if layer == "best" else layer
@@ -530,6 +580,7 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
         m_test = margins(hc[:, k], hr[:, k], vectors[k])
         m_tune = margins(sc[:, k], sr[:, k], vectors[k])
         ci = ev.agreement_interval(m_test, seed=1)
+        split_len = ev.agreement_by_length(m_test, len_c, len_r, seed=1)
         rows.append(
             {
                 "setting": label,
@@ -541,6 +592,8 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
                 "tune agreement": float(ev.agreement_scores(m_tune).mean()),
                 "test agreement": ci.estimate,
                 "test 95% CI": f"{pct(ci.low)} to {pct(ci.high)}",
+                "test, chosen shorter": split_len["chosen is shorter"].estimate,
+                "test, chosen longer": split_len["chosen is as long or longer"].estimate,
             }
         )
         check_inputs[label] = (hc[:, k], hr[:, k], m_test, t, pool, k)
@@ -569,6 +622,10 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
                 "tune agreement": float(length_tune),
                 "test agreement": length_test.estimate,
                 "test 95% CI": f"{pct(length_test.low)} to {pct(length_test.high)}",
+                "test, chosen shorter": 1.0,
+                "test, chosen longer": float(
+                    ev.agreement_scores(ev.shorter_is_safer(len_c, len_r)[len_c >= len_r]).mean()
+                ),
             }
         )
         first = next(iter(check_inputs.values()))
@@ -586,11 +643,44 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
                 "tune agreement": float("nan"),
                 "test agreement": rb.mean,
                 "test 95% CI": f"{pct(rb.low)} to {pct(rb.high)} (spread of directions)",
+                "test, chosen shorter": float("nan"),
+                "test, chosen longer": float("nan"),
             }
         )
         results["test"] = rows
-        md += ["## Test half", "", md_table(rows, ["tune agreement", "test agreement"]), ""]
-        label = "chosen defaults"
+        share = ["tune agreement", "test agreement", "test, chosen shorter", "test, chosen longer"]
+        md += ["## Test half", "", md_table(rows, share), ""]
+        md += [
+            f"{int((len_c < len_r).sum())} test pairs where the chosen response is shorter, "
+            f"{int((len_c >= len_r).sum())} where it is not.",
+            "",
+        ]
+
+        # Paired differences on the same test pairs.
+        length_margins = ev.shorter_is_safer(len_c, len_r)
+        paper_label = "paper (alpaca, last token, final layer)"
+        diffs = []
+        for label, inputs in check_inputs.items():
+            for other, other_m in (
+                ("paper", check_inputs.get(paper_label, (None, None, None))[2]),
+                ("shorter is safer", length_margins),
+            ):
+                if other_m is None or label == paper_label and other == "paper":
+                    continue
+                d = ev.paired_difference(inputs[2], other_m, seed=2)
+                diffs.append(
+                    {
+                        "setting": label,
+                        "minus": other,
+                        "difference": d.estimate,
+                        "95% CI": f"{d.low * 100:+.1f} to {d.high * 100:+.1f} points",
+                    }
+                )
+        results["test_differences"] = diffs
+        md += ["### Paired differences of test agreement", "", md_table(diffs), ""]
+        label = next((k for k in check_inputs if k.startswith("chosen defaults (")), None)
+        if label is None and "chosen settings (as selected)" in check_inputs:
+            label = "chosen settings (as selected)"
         if label in check_inputs:
             c, r, m_test = check_inputs[label][:3]
             rep = ev.agreement_report(m_test, bins=5, seed=1)
@@ -643,14 +733,22 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
         sets = contrast_sets(cache, t, pool)
         a, b, _ = pair_arrays(cache, "adv_varied_opening", t, pool)
         rows = []
-        for contrast in ("paper", "adv_varied", "demo", "mix"):
+        for contrast in ("paper", "adv_varied_all", "demo", "mix"):
+            if contrast not in sets:
+                continue
             vectors, quality, best = fit_layers(cache, t, pool, contrast, method)
-            judged = {
-                f"{c} (whole set)": (sets[c][0][:, best], sets[c][1][:, best])
-                for c in ("paper", "adv_varied", "demo", "demo_fixed")
-                if c != contrast
-            }
-            judged["advbench (varied refusal vs generic opening)"] = (a[:, best], b[:, best])
+            judged = {}
+            if contrast != "demo":
+                judged["demo set (ours: fuller replies vs varied refusals)"] = (
+                    sets["demo"][0][:, best],
+                    sets["demo"][1][:, best],
+                )
+            judged["AdvBench goals: generic openings vs varied refusals"] = (a[:, best], b[:, best])
+            if contrast == "demo":
+                judged["AdvBench paper set (target vs fixed refusal)"] = (
+                    sets["paper"][0][:, best],
+                    sets["paper"][1][:, best],
+                )
             judged.update({k: (x[:, best], y[:, best]) for k, (x, y) in targets.items()})
             for row in ev.transfer_matrix({f"{contrast} (layer {best})": vectors[best]}, judged):
                 rows.append(row)
@@ -700,7 +798,9 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=["screen", "test", "transfer", "check", "report"])
+    parser.add_argument(
+        "stage", choices=["screen", "test", "transfer", "check", "report", "recipe"]
+    )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/legend-eval"))
     parser.add_argument("--templates", default=",".join(TEMPLATES))
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
@@ -713,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.stage == "report":
         return report(cache, templates, args.out)
+    if args.stage == "recipe":
+        return write_recipe(args.out or cache.root / "advbench_varied_refusals.csv")
     lm = load_lm(args.dtype)
     if args.stage == "screen":
         worst = self_check(lm, hh_pairs())
@@ -725,8 +827,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             adv = advbench()
             n = len(adv)
             # The recipe on all 520 goals: target openings vs our varied refusals.
-            encode_job(cache, lm, "adv_varied_all", template, [i.instruction for i in adv],
-                       cycle(ev.VARIED_REFUSALS, n), cycle(ev.AFFIRMATIVE_OPENINGS, n))
+            encode_job(
+                cache,
+                lm,
+                "adv_varied_all",
+                template,
+                [i.instruction for i in adv],
+                cycle(ev.VARIED_REFUSALS, n),
+                cycle(ev.AFFIRMATIVE_OPENINGS, n),
+            )
             hh_job(cache, lm, "test", template)
     elif args.stage == "transfer":
         for template in templates:

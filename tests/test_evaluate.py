@@ -62,6 +62,25 @@ def test_bootstrap_is_seeded_and_checks_its_input():
         ev.bootstrap_share(np.array([1.0]), level=1.5)
 
 
+def test_paired_difference_sees_a_real_gap_and_no_gap():
+    rng = np.random.default_rng(4)
+    truth = rng.random(1000) < 0.5
+    # a agrees where b does, plus on a tenth of the others: a real gap of about 5 points.
+    b = np.where(truth, 1.0, -1.0)
+    a = np.where(truth | (rng.random(1000) < 0.1), 1.0, -1.0)
+    gap = ev.paired_difference(a, b, seed=1)
+    assert gap.low > 0
+    assert gap.estimate == pytest.approx(
+        ev.agreement_scores(a).mean() - ev.agreement_scores(b).mean()
+    )
+    same = ev.paired_difference(b, b.copy())
+    assert same.estimate == 0 and same.low == 0 == same.high
+    noise = ev.paired_difference(rng.normal(size=400), rng.normal(size=400), seed=2)
+    assert noise.low < 0 < noise.high
+    with pytest.raises(ValueError, match="same pairs"):
+        ev.paired_difference(a, b[:10])
+
+
 def test_agreement_rises_with_the_margin_when_the_margin_means_something():
     rng = np.random.default_rng(2)
     size = rng.exponential(size=4000)
@@ -249,3 +268,17 @@ def test_contrast_banks_are_ours_and_varied():
     lengths = [len(r) for r in ev.VARIED_REFUSALS]
     assert min(lengths) < 10 and max(lengths) > 120
     assert len(set(ev.AFFIRMATIVE_OPENINGS)) == len(ev.AFFIRMATIVE_OPENINGS) >= 6
+
+
+def test_varied_refusals_replace_the_harmless_side_in_order():
+    from legend_core.types import ContrastItem
+
+    items = [
+        ContrastItem(f"goal {i}", f"Sure, here is {i}", "I can't answer that.") for i in range(20)
+    ]
+    out = ev.with_varied_refusals(items)
+    assert [o.instruction for o in out] == [i.instruction for i in items]
+    assert [o.harmful for o in out] == [i.harmful for i in items]
+    assert [o.harmless for o in out] == [
+        ev.VARIED_REFUSALS[i % len(ev.VARIED_REFUSALS)] for i in range(20)
+    ]
