@@ -40,12 +40,14 @@ def model_name() -> str:
     return os.environ.get("LEGEND_MODEL") or DEFAULT_MODEL
 
 
-# Defaults of the command line and the app: the settings that measured best on held-out
-# HH-RLHF data (see EVALUATION.md). "best" picks the layer by held-out AUROC on the
-# contrastive set, so choosing it never looks at preference data.
-DEFAULT_TEMPLATE = "alpaca"
+# Defaults of the command line and the app: the settings that measured best on the tune
+# half of HH-RLHF harmless dev.jsonl and were then reported on the other half (see
+# EVALUATION.md): prompt and response as they are ("plain"), the mean over the response's
+# tokens, a logistic-regression probe. "best" picks the layer by held-out AUROC on the
+# contrastive set (ties: separation), so choosing it never looks at preference data.
+DEFAULT_TEMPLATE = "plain"
 DEFAULT_POOLING = "mean"
-DEFAULT_METHOD = "mean_diff"
+DEFAULT_METHOD = "logistic"
 DEFAULT_LAYER = "best"
 DEFAULT_MAX_LENGTH = 512
 PAPER_REFUSAL = "I can’t answer that."

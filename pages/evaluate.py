@@ -33,15 +33,21 @@ if run is None:
 
 
 @st.cache_data(show_spinner="Reading margins and cached embeddings…", max_entries=4)
-def run_data(db: str, run_id: int, n_margins: int) -> ev.RunData:
+def run_data(db: str, run_id: int, n_margins: int, n_embeddings: int) -> ev.RunData:
     return ev.load_run(ui.store(), run_id)
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
 def report(
-    db: str, run_id: int, n_margins: int, bins: int, n_boot: int, n_directions: int
+    db: str,
+    run_id: int,
+    n_margins: int,
+    n_embeddings: int,
+    bins: int,
+    n_boot: int,
+    n_directions: int,
 ) -> ev.AgreementReport:
-    d = run_data(db, run_id, n_margins)
+    d = run_data(db, run_id, n_margins, n_embeddings)
     return ev.agreement_report(
         d.margins,
         d.chosen_lengths,
@@ -54,7 +60,9 @@ def report(
     )
 
 
-data = run_data(url, run.id, run.n_margins)
+# Cached results are refreshed when margins or cached embeddings change.
+n_embeddings = s.counts()["embeddings"]
+data = run_data(url, run.id, run.n_margins, n_embeddings)
 settings = data.settings
 st.text(
     f"Margin run #{run.id}: {len(data.margins):,} pairs with a margin"
@@ -73,7 +81,7 @@ o1, o2, o3 = st.columns(3)
 bins = o1.slider("Bins of |margin|", 2, 10, 5, key="eval_bins")
 n_boot = o2.select_slider("Bootstrap replicates", [500, 1000, 2000, 5000], 2000, key="eval_boot")
 n_directions = o3.select_slider("Random directions", [50, 100, 200, 500], 200, key="eval_random")
-rep = report(url, run.id, run.n_margins, bins, n_boot, n_directions)
+rep = report(url, run.id, run.n_margins, n_embeddings, bins, n_boot, n_directions)
 
 m = st.columns(3)
 m[0].metric(
@@ -172,7 +180,7 @@ with st.form("reward_check"):
     test_fraction = f4.slider("Held-out share", 0.1, 0.5, 0.3, 0.05, key="eval_test")
     submitted = st.form_submit_button("Run the reward-model check", type="primary")
 
-key = ("reward", url, run.id, run.n_margins, lam, seeds, head, test_fraction)
+key = ("reward", url, run.id, run.n_margins, n_embeddings, lam, seeds, head, test_fraction)
 if submitted:
     bar = st.progress(0.0, text="Training reward heads…")
     try:
