@@ -13,8 +13,10 @@ anyway (**as computed**), and the work two separate passes over the two full tex
 need (**text-equivalent**, what the reference does minus its LM head).
 
 The machine's rate is measured on the model's own linear shapes (every ``nn.Linear`` of a
-block, ``M`` rows like one of our batches) in the model's dtype, with the same threads,
-interleaved with the encoder runs. ``python -m bench.flops [--quick]``.
+block) in the model's dtype, with the same threads, interleaved with the encoder runs, at
+``MATMUL_ROWS`` rows (one of our CPU batches, and a larger one); the faster is the basis.
+
+``python -m bench.flops [--quick]``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 from bench.common import fmt, hh_pairs, interleave, model, print_machine, table, write_result
 
 SUBSET = 64
-MATMUL_ROWS = 2048  # rows of one CPU batch (encode.CPU_BATCH_TOKENS)
+#: Row counts of the matrix-multiply reference: one of our CPU batches and larger ones.
+MATMUL_ROWS = (1024, 4096)
 
 
 def block_linear_shapes(lm: Any) -> list[tuple[int, int]]:
@@ -141,12 +144,23 @@ def run(quick: bool = False) -> dict[str, Any]:
         encode_pairs(lm, prompts, chosen, rejected, layers=[lm.num_layers], settings=settings)
 
     encoder()  # warm-up
-    matmul, matmul_flops = matmul_runner(shapes, dtype, MATMUL_ROWS, 2 if quick else 40)
-    matmul()
-    timings = interleave({"encoder": encoder, "matmul": matmul}, 1 if quick else 3)
-    enc_t, mm_t = timings["encoder"], timings["matmul"]
-    rate_mm_wall = matmul_flops / mm_t.median_wall
-    rate_mm_cpu = matmul_flops / mm_t.median_cpu
+    runs: dict[str, Any] = {"encoder": encoder}
+    matmul_flops = {}
+    for rows in MATMUL_ROWS:
+        go, matmul_flops[rows] = matmul_runner(shapes, dtype, rows, 1 if quick else 80_000 // rows)
+        go()
+        runs[f"matmul {rows} rows"] = go
+    timings = interleave(runs, 1 if quick else 3)
+    enc_t = timings["encoder"]
+    per_rows = {
+        rows: matmul_flops[rows] / timings[f"matmul {rows} rows"].median_wall
+        for rows in MATMUL_ROWS
+    }
+    # The machine's rate: the fastest of the row counts tried (the least flattering basis).
+    fastest = max(per_rows, key=per_rows.__getitem__)
+    mm_t = timings[f"matmul {fastest} rows"]
+    rate_mm_wall = per_rows[fastest]
+    rate_mm_cpu = matmul_flops[fastest] / mm_t.median_cpu
     rates = {}
     for kind in ("executed", "as_computed", "text_equivalent"):
         rates[kind] = {
@@ -158,7 +172,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     # float32 matrix multiply too, for scale (the reference's dtype).
     import torch
 
-    mm32, mm32_flops = matmul_runner(shapes, torch.float32, MATMUL_ROWS, 1 if quick else 10)
+    mm32, mm32_flops = matmul_runner(
+        shapes, torch.float32, fastest, 1 if quick else 20_000 // fastest
+    )
     mm32()
     t32 = interleave({"f32": mm32}, 1 if quick else 2)["f32"]
 
@@ -178,9 +194,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     ]
     print(table(rows, ["FLOPs counted", "GFLOP", "GFLOP/s", "of matmul (wall)", "(cpu)"]))
     print(
-        f"matmul {str(dtype).replace('torch.', '')} {MATMUL_ROWS} rows x block shapes {shapes}: "
-        f"{rate_mm_wall / 1e9:,.0f} GFLOP/s wall, {rate_mm_cpu / 1e9:,.0f} per CPU-second; "
-        f"float32: {mm32_flops / t32.median_wall / 1e9:,.0f} GFLOP/s wall"
+        f"matmul {str(dtype).replace('torch.', '')}, block shapes {shapes}: "
+        + ", ".join(f"{r} rows {v / 1e9:,.0f}" for r, v in per_rows.items())
+        + f" GFLOP/s wall (basis: {fastest} rows, {rate_mm_cpu / 1e9:,.0f} per CPU-second); "
+        f"float32 at {fastest} rows: {mm32_flops / t32.median_wall / 1e9:,.0f} GFLOP/s wall"
     )
     print(f"encoder: {enc_t.median_wall:.2f}s wall, {enc_t.median_cpu:.2f}s CPU (median)")
     result = {
@@ -193,9 +210,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "encoder": enc_t.as_dict(),
         "matmul": {
             **mm_t.as_dict(),
-            "rows": MATMUL_ROWS,
+            "rows": fastest,
+            "flops_per_s_wall_by_rows": per_rows,
             "shapes": shapes,
-            "flops": matmul_flops,
+            "flops": matmul_flops[fastest],
             "flops_per_s_wall": rate_mm_wall,
             "flops_per_cpu_s": rate_mm_cpu,
         },

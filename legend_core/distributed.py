@@ -39,7 +39,7 @@ class PairEncoderActor:
         device: str,
         dtype: str,
         trust_remote_code: bool,
-        batch_tokens: int,
+        batch_tokens: int | None,
     ) -> None:
         from legend_core.models import load_model
         from legend_core.pipeline import check_compatible
@@ -86,7 +86,7 @@ def ray_engine(
     gpus_per_actor: float | None = None,
     cpus_per_actor: float = 1,
     trust_remote_code: bool = False,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
 ):
     """An engine for ``pipeline.annotate_dataset`` that runs forward passes on Ray.
 
@@ -101,7 +101,8 @@ def ray_engine(
         gpus_per_actor: GPUs reserved per actor (default: 1 with ``cuda``, else 0).
         cpus_per_actor: CPUs reserved per actor.
         trust_remote_code: Passed to the model loader in each actor.
-        batch_tokens: Padded tokens per forward pass inside an actor.
+        batch_tokens: Padded tokens per forward pass inside an actor; by default the
+            encoder's own choice for the actor's device (as in one process).
     """
     gpus = gpus_per_actor if gpus_per_actor is not None else (1 if device == "cuda" else 0)
     meta = direction.metadata()

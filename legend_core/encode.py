@@ -146,16 +146,22 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) ->
     return batches
 
 
-#: Padded tokens per forward pass by default: on a CPU a batch's activations then stay in
-#: the caches (2048 was 1.3-1.5x faster than 8192 single-threaded, BENCHMARKS.md); other
-#: devices want larger batches.
-CPU_BATCH_TOKENS = 2048
+#: Padded tokens per forward pass by default on a CPU, per torch thread (at least
+#: ``CPU_MIN_BATCH_TOKENS``): small batches keep each thread's activations in its caches.
+#: On 2 cores, 1024 tokens ran 1.3x faster than 2048 and 1.6x faster than 4096 (see
+#: BENCHMARKS.md). Other devices want large batches.
+CPU_BATCH_TOKENS_PER_THREAD = 512
+CPU_MIN_BATCH_TOKENS = 1024
 DEVICE_BATCH_TOKENS = 8192
 
 
 def default_batch_tokens(lm: LoadedModel) -> int:
     """Padded tokens per forward pass when the caller does not say."""
-    return CPU_BATCH_TOKENS if str(lm.device).startswith("cpu") else DEVICE_BATCH_TOKENS
+    if not str(lm.device).startswith("cpu"):
+        return DEVICE_BATCH_TOKENS
+    import torch
+
+    return max(CPU_MIN_BATCH_TOKENS, CPU_BATCH_TOKENS_PER_THREAD * torch.get_num_threads())
 
 
 class _Stop(Exception):

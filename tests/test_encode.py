@@ -230,7 +230,10 @@ def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
     assert all(r * w <= 256 or r == 1 for r, w in calls[1:])
 
 
-def test_default_batch_tokens_depend_on_the_device(tiny_lm):
-    from legend_core.encode import CPU_BATCH_TOKENS, default_batch_tokens
+def test_default_batch_tokens_grow_with_cpu_threads(tiny_lm, monkeypatch):
+    from legend_core.encode import CPU_MIN_BATCH_TOKENS, default_batch_tokens
 
-    assert default_batch_tokens(tiny_lm) == CPU_BATCH_TOKENS
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_batch_tokens(tiny_lm) == CPU_MIN_BATCH_TOKENS
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert default_batch_tokens(tiny_lm) == 16 * 512
