@@ -105,7 +105,10 @@ def agreement(
             "same_sign_share": float(same.mean()),
             "different_sign_pairs": int((~same).sum()),
             "margin_max_abs_diff": float(np.abs(m_ours - m_base).max()),
-            "margin_scale": float(np.abs(m_base).mean()),
+            "margin_p99_abs_diff": float(np.quantile(np.abs(m_ours - m_base), 0.99)),
+            "margin_median_abs": float(np.median(np.abs(m_base))),
+            # How close to zero the baseline margins of the pairs that changed sign were.
+            "flipped_max_abs_margin": float(np.abs(m_base[~same]).max()) if (~same).any() else 0.0,
         }
     return out
 
@@ -317,9 +320,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                     f"{a['share_cosine_ge_0.999']:.4f}",
                     f"{a['same_sign_share']:.4f} ({a['pairs'] - a['different_sign_pairs']}"
                     f"/{a['pairs']})",
+                    f"{a['margin_p99_abs_diff']:.3g} / {a['margin_median_abs']:.3g}",
+                    f"{a['flipped_max_abs_margin']:.3g}" if a["different_sign_pairs"] else "-",
                 ]
             )
-    print(table(rows, ["agreement", "layer", "min cosine", "share cos>=0.999", "same margin sign"]))
+    header = ["agreement", "layer", "min cosine", "share cos>=0.999", "same margin sign"]
+    header += ["p99 |margin diff| / median |margin|", "largest |margin| that flipped"]
+    print(table(rows, header))
     print()
     base = ablation_out["separate texts (encode), to final layer"]["median_wall_s"]
     print(

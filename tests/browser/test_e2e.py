@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from legend_core.config import DEFAULT_METHOD
 from legend_core.store import Store
 
 pytestmark = pytest.mark.browser
@@ -98,7 +99,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     page.get_by_role("button", name="Save direction").click()
     expect(page.get_by_text("Saved as direction #1.")).to_be_visible()
     assert [d.name for d in Store(server.db_url).list_directions()] == [
-        "demo contrastive set · mean_diff · layer "
+        f"demo contrastive set · {DEFAULT_METHOD} · layer "
         + str(Store(server.db_url).get_direction(1).layer)
     ]
 
