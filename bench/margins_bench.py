@@ -60,7 +60,7 @@ def from_database(n: int) -> dict[str, Any]:
         start = time.perf_counter()
         pairs = [PreferencePair(f"prompt {i}", f"chosen {i}", f"rejected {i}") for i in range(n)]
         dataset_id = store.add_dataset("cached", pairs)
-        space = EmbeddingSpace("bench-model", fingerprint, "alpaca", "mean", layer, 512)
+        space = EmbeddingSpace("bench-model", fingerprint, "alpaca", "mean", layer, 512, "float32")
         chosen, rejected = cached_vectors(n)
         for lo in range(0, n, 10_000):
             batch = {}
@@ -76,7 +76,11 @@ def from_database(n: int) -> dict[str, Any]:
         direction_id = store.add_direction(direction)
         # Only what annotate_dataset reads; a forward pass would need .model and fail.
         stub = SimpleNamespace(
-            fingerprint=fingerprint, hidden_size=DIM, num_layers=30, label="bench-model"
+            fingerprint=fingerprint,
+            hidden_size=DIM,
+            num_layers=30,
+            label="bench-model",
+            dtype_name="float32",
         )
         run_id, wall, cpu = timed(lambda: annotate_dataset(store, stub, dataset_id, direction_id))
         got = store.run_frame(run_id)["computed_margin"].to_numpy()

@@ -169,23 +169,32 @@ def _annotate_stored(args: argparse.Namespace, agreement) -> int:
     if args.direction_id is None:
         raise UserError("--dataset needs --direction-id ID (a stored direction)")
     direction = store.get_direction(args.direction_id)
-    lm, engine = None, None
+    lm, engine, model_dtype = None, None, None
     if args.engine == "ray":
-        from legend_core.distributed import ray_engine
+        from legend_core.distributed import actor_dtype, ray_engine
 
+        device = "cpu" if args.device == "auto" else args.device
+        # Resolved here, once: every actor runs in it and the cache records it.
+        model_dtype = actor_dtype(args.dtype, device)
         engine = ray_engine(
             direction,
             address=args.ray_address,
             actors=args.actors,
-            device="cpu" if args.device == "auto" else args.device,
-            dtype=args.dtype,
+            device=device,
+            dtype=model_dtype,
             trust_remote_code=args.trust_remote_code,
         )
     else:
         lm = _load_model(args, direction.model)
     with progress_bar("annotating") as progress:
         run_id = annotate_dataset(
-            store, lm, args.dataset, args.direction_id, progress=progress, engine=engine
+            store,
+            lm,
+            args.dataset,
+            args.direction_id,
+            progress=progress,
+            engine=engine,
+            model_dtype=model_dtype,
         )
     frame = store.run_frame(run_id)
     print(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from legend_core.directions import Direction
+from legend_core.models import resolve_dtype
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +75,18 @@ class PairEncoderActor:
                 "rejected_vector": [v.tobytes() for v in rejected.vectors[layer]],
             }
         )
+
+
+def actor_dtype(dtype: str, device: str) -> str:
+    """The dtype name every actor loads the model in: ``auto`` is resolved on the driver
+    (bfloat16 on GPUs, as for one process; on CPUs by the driver's CPU), so that all
+    actors agree and the embedding cache records one dtype."""
+    if dtype != "auto":
+        resolve_dtype(dtype, device)  # a clear error for an unknown name
+        return dtype
+    if device == "cuda":
+        return "bfloat16"
+    return str(resolve_dtype("auto", device)).removeprefix("torch.")
 
 
 def ray_engine(

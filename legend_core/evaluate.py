@@ -868,14 +868,7 @@ def load_run(store: Store, run_id: int) -> RunData:
     frame = store.run_frame(run_id)
     have = frame["computed_margin"].notna().to_numpy()
     kept = frame[have]
-    space = EmbeddingSpace(
-        model=s["model"],
-        model_fingerprint=s["model_fingerprint"],
-        template=s["template"],
-        pooling=s["pooling"],
-        layer=int(s["layer"]),
-        max_length=int(s["max_length"]),
-    )
+    space = EmbeddingSpace.from_settings(s)
     keys_c = [text_key(p, c) for p, c in zip(kept["prompt"], kept["chosen"])]
     keys_r = [text_key(p, r) for p, r in zip(kept["prompt"], kept["rejected"])]
     cached = store.get_embeddings(space, keys_c + keys_r)

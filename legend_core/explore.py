@@ -21,7 +21,7 @@ from legend_core.types import ContrastItem
 if TYPE_CHECKING:
     from legend_core.directions import Direction
     from legend_core.pipeline import BuildResult
-    from legend_core.store import EmbeddingSpace, RunInfo, Store
+    from legend_core.store import RunInfo, Store
 
 Sign = Literal["any", "positive", "negative"]
 SIGNS: tuple[str, ...] = ("any", "positive", "negative")
@@ -381,20 +381,6 @@ def direction_similarity(directions: Sequence[tuple[str, Direction]]) -> pd.Data
 # --- the response map ------------------------------------------------------------------------
 
 
-def run_space(settings: dict[str, Any]) -> EmbeddingSpace:
-    """The embedding-cache space of a margin run (its settings name every field)."""
-    from legend_core.store import EmbeddingSpace
-
-    return EmbeddingSpace(
-        model=str(settings["model"]),
-        model_fingerprint=str(settings.get("model_fingerprint", "")),
-        template=str(settings["template"]),
-        pooling=str(settings["pooling"]),
-        layer=int(settings["layer"]),
-        max_length=int(settings["max_length"]),
-    )
-
-
 @dataclass
 class ResponseMap:
     """The response map's table and what the page should say about it.
@@ -433,7 +419,7 @@ def response_map(
         max_points: Most responses UMAP lays out.
         seed: Seed of the sample and of UMAP.
     """
-    from legend_core.store import text_key
+    from legend_core.store import EmbeddingSpace, text_key
 
     pairs = frame[frame["computed_margin"].notna()]
     if method == "umap" and len(pairs) * 2 > max_points:
@@ -441,7 +427,7 @@ def response_map(
         pairs = pairs.iloc[keep]
     keys_c = [text_key(p, c) for p, c in zip(pairs["prompt"], pairs["chosen"])]
     keys_r = [text_key(p, r) for p, r in zip(pairs["prompt"], pairs["rejected"])]
-    cached = store.get_embeddings(run_space(run.settings), keys_c + keys_r)
+    cached = store.get_embeddings(EmbeddingSpace.from_settings(run.settings), keys_c + keys_r)
     ok = np.array([c in cached and r in cached for c, r in zip(keys_c, keys_r)], dtype=bool)
     n_missing = int((~ok).sum())
     pairs = pairs[ok]

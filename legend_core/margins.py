@@ -21,17 +21,28 @@ def margins(chosen: np.ndarray, rejected: np.ndarray, direction: np.ndarray) -> 
     Returns:
         (n,) float64 margins, positive where the chosen response projects as safer.
     """
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"shapes do not match: chosen {chosen.shape}, rejected {rejected.shape}")
+    # Project each side first: two matrix-vector products, no (n, d) difference array.
+    return projections(chosen, direction) - projections(rejected, direction)
+
+
+def projections(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Each row's scalar projection ``h · v / ‖v‖`` (float64); a margin is the chosen
+    response's projection minus the rejected one's.
+
+    Raises:
+        ValueError: The direction is zero or not finite, or the widths differ.
+    """
     v = np.asarray(direction, dtype=np.float64).reshape(-1)
     norm = np.linalg.norm(v)
     if norm == 0 or not np.isfinite(norm):
         raise ValueError("the direction is zero or not finite")
-    if chosen.shape != rejected.shape or chosen.ndim != 2 or chosen.shape[1] != v.shape[0]:
-        raise ValueError(
-            f"shapes do not match: chosen {chosen.shape}, rejected {rejected.shape}, "
-            f"direction {v.shape}"
-        )
-    # Project each side first: two matrix-vector products, no (n, d) difference array.
-    return (chosen @ v - rejected @ v) / norm
+    if vectors.ndim != 2 or vectors.shape[1] != v.shape[0]:
+        raise ValueError(f"shapes do not match: vectors {vectors.shape}, direction {v.shape}")
+    # einsum sums each row on its own, so a text's projection is the same bit for bit
+    # whatever batch it is in (BLAS gemv may not be): a resumed run equals a fresh one.
+    return np.einsum("ij,j->i", vectors, v / norm, dtype=np.float64)
 
 
 def scale(

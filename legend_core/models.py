@@ -61,6 +61,11 @@ class LoadedModel:
     hidden_size: int
 
     @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as a plain name (``float32``, ``bfloat16``, ``float16``)."""
+        return str(self.model.dtype).removeprefix("torch.")
+
+    @property
     def device(self) -> Any:
         """Where inputs go: the device of the input embeddings."""
         return self.model.get_input_embeddings().weight.device

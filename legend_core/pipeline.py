@@ -15,12 +15,12 @@ import numpy as np
 from legend_core import directions as dirs
 from legend_core.directions import Direction, Method
 from legend_core.encode import EncodeSettings, Progress, encode, encode_pairs
-from legend_core.margins import margins
+from legend_core.margins import margins, projections
 from legend_core.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
-    from legend_core.store import EmbeddingSpace, PairText, Store
+    from legend_core.store import PairText, Store
 
 
 @dataclass
@@ -226,8 +226,9 @@ def local_engine(
     return run
 
 
-def run_settings(direction: Direction) -> dict[str, Any]:
-    """What identifies a margin run besides its data set and direction."""
+def run_settings(direction: Direction, model_dtype: str) -> dict[str, Any]:
+    """What identifies a margin run besides its data set and direction: everything that
+    changes the vectors, including the dtype the forward passes ran in."""
     return {
         "model": direction.model,
         "model_fingerprint": direction.model_fingerprint,
@@ -235,21 +236,12 @@ def run_settings(direction: Direction) -> dict[str, Any]:
         "template": direction.template,
         "pooling": direction.pooling,
         "max_length": direction.max_length,
+        "model_dtype": model_dtype,
     }
 
 
-def embedding_space(direction: Direction) -> EmbeddingSpace:
-    """The embedding-cache space of the vectors a direction's margins need."""
-    from legend_core.store import EmbeddingSpace
-
-    return EmbeddingSpace(
-        model=direction.model,
-        model_fingerprint=direction.model_fingerprint,
-        template=direction.template,
-        pooling=direction.pooling,
-        layer=direction.layer,
-        max_length=direction.max_length,
-    )
+#: Pairs per margin commit once vectors are cached (no forward pass: a lost chunk is cheap).
+MARGIN_CHUNK = 8192
 
 
 def annotate_dataset(
@@ -260,31 +252,34 @@ def annotate_dataset(
     chunk_size: int = 256,
     progress: Progress | None = None,
     engine: PairEncoder | None = None,
+    model_dtype: str | None = None,
     **encode_options: Any,
 ) -> int:
     """Compute (or finish computing) a stored data set's margins on a stored direction.
 
     Two phases. First, every text not yet in the store's embedding cache (same model,
-    weights and settings) is encoded and cached, chunk by chunk; a second direction on the
-    same settings therefore runs no forward pass at all. Then margins are computed from
-    the cached vectors and committed chunk by chunk. A run killed in either phase resumes
-    where it stopped and ends with the margins an uninterrupted run gives, since both
-    use the same stored (float16) vectors.
+    weights, dtype and settings) is encoded and cached, chunk by chunk; a second direction
+    on the same settings therefore runs no forward pass at all. Then margins are computed
+    from the cached vectors and committed in large chunks. A run killed in either phase
+    resumes where it stopped and ends with the margins an uninterrupted run gives, since
+    both use the same stored (float16) vectors.
 
     Args:
         store: The database.
         lm: The model, for the default local engine (None when ``engine`` is given).
         dataset_id: A stored data set.
         direction_id: A stored direction.
-        chunk_size: Pairs per cache write and per margin commit.
-        progress: ``progress(done, total)`` over pairs to encode, then pairs to finish.
+        chunk_size: Pairs per forward-pass chunk and cache write.
+        progress: ``progress(done, total)`` over pairs to encode.
         engine: Where forward passes run; default: this process (see ``distributed``).
+        model_dtype: The dtype the engine's model runs in (``float32``, ``bfloat16``, ...);
+            required with ``engine``, taken from ``lm`` otherwise.
         **encode_options: Passed to the encoder (batch sizes).
 
     Returns:
         The margin run's id.
     """
-    from legend_core.store import text_key
+    from legend_core.store import EmbeddingSpace, text_key
 
     direction = store.get_direction(direction_id)
     if engine is None:
@@ -294,19 +289,22 @@ def annotate_dataset(
         if not direction.model_fingerprint:
             direction.model_fingerprint = lm.fingerprint
         engine = local_engine(lm, direction, chunk_size, **encode_options)
-    space = embedding_space(direction)
-    run_id = store.start_run(dataset_id, direction_id, run_settings(direction))
+        model_dtype = model_dtype or lm.dtype_name
+    if not model_dtype:
+        raise ValueError("annotate_dataset with an engine needs the engine's model_dtype")
+    settings = run_settings(direction, model_dtype)
+    space = EmbeddingSpace.from_settings(settings)
+    run_id = store.start_run(dataset_id, direction_id, settings)
     missing = store.pairs_missing_margins(run_id)
+    chosen_keys = [text_key(p.prompt, p.chosen) for p in missing]
+    rejected_keys = [text_key(p.prompt, p.rejected) for p in missing]
 
-    todo = []
-    for chunk in _chunks(missing, 4096):
-        keys = [text_key(p.prompt, r) for p in chunk for r in (p.chosen, p.rejected)]
-        cached = store.get_embeddings(space, keys)
-        todo += [
-            p
-            for i, p in enumerate(chunk)
-            if keys[2 * i] not in cached or keys[2 * i + 1] not in cached
-        ]
+    cached = store.cached_keys(space, chosen_keys + rejected_keys)
+    todo = [
+        p
+        for p, kc, kr in zip(missing, chosen_keys, rejected_keys)
+        if kc not in cached or kr not in cached
+    ]
     done = 0
     if progress:
         progress(0, len(todo))
@@ -320,15 +318,16 @@ def annotate_dataset(
         if progress:
             progress(done, len(todo))
 
-    for chunk in _chunks(missing, chunk_size):
-        keys_chosen = [text_key(p.prompt, p.chosen) for p in chunk]
-        keys_rejected = [text_key(p.prompt, p.rejected) for p in chunk]
-        vectors = store.get_embeddings(space, keys_chosen + keys_rejected)
-        values = margins(
-            np.stack([vectors[k] for k in keys_chosen]),
-            np.stack([vectors[k] for k in keys_rejected]),
-            direction.vector,
-        )
-        store.add_margins(run_id, [p.id for p in chunk], values.tolist())
+    # One pass over the cache, keeping each text's projection (a float), not its vector.
+    projection: dict[bytes, float] = {}
+    for keys, vectors in store.iter_embeddings(space, chosen_keys + rejected_keys):
+        projection.update(zip(keys, projections(vectors, direction.vector).tolist()))
+    for lo in range(0, len(missing), MARGIN_CHUNK):
+        hi = min(lo + MARGIN_CHUNK, len(missing))
+        values = [
+            projection[kc] - projection[kr]
+            for kc, kr in zip(chosen_keys[lo:hi], rejected_keys[lo:hi])
+        ]
+        store.add_margins(run_id, [p.id for p in missing[lo:hi]], values)
     store.finish_run(run_id)
     return run_id

@@ -230,6 +230,7 @@ class EmbeddingSpaceRow(Base):
     pooling: Mapped[str] = mapped_column(String(32))
     layer: Mapped[int] = mapped_column(Integer)
     max_length: Mapped[int] = mapped_column(Integer)
+    model_dtype: Mapped[str] = mapped_column(String(16), server_default="")
 
 
 class Embedding(Base):

@@ -96,7 +96,6 @@ def large_db(url: str, n: int = 20_000, dim: int = 32, seed: int = 0) -> dict[st
         quality=quality,
     )
     direction_id = store.add_direction(direction)
-    space = EmbeddingSpace("synthetic", "synthetic", "alpaca", "mean", 2, 512)
     settings = {
         "model": "synthetic",
         "model_fingerprint": "synthetic",
@@ -104,7 +103,9 @@ def large_db(url: str, n: int = 20_000, dim: int = 32, seed: int = 0) -> dict[st
         "template": "alpaca",
         "pooling": "mean",
         "max_length": 512,
+        "model_dtype": "float32",
     }
+    space = EmbeddingSpace.from_settings(settings)
     run_id = store.start_run(dataset_id, direction_id, settings)
     ids = store.dataset_frame(dataset_id)["id"].tolist()
     chosen = rng.normal(size=(n, dim)).astype(np.float32) + 0.3 * vector

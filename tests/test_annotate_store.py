@@ -61,11 +61,18 @@ class CountingEngine:
 def test_second_direction_on_same_settings_runs_no_forward_pass(stored, tiny_lm):
     store, dataset_id, first, second = stored
     engine = CountingEngine(tiny_lm, store.get_direction(first))
-    run_a = annotate_dataset(store, None, dataset_id, first, engine=engine)
+    run_a = annotate_dataset(store, None, dataset_id, first, engine=engine, model_dtype="float32")
     assert engine.pairs == 300
     again = CountingEngine(tiny_lm, store.get_direction(second))
-    run_b = annotate_dataset(store, None, dataset_id, second, engine=again)
+    run_b = annotate_dataset(store, None, dataset_id, second, engine=again, model_dtype="float32")
     assert again.pairs == 0 and run_a != run_b
+    # Another dtype makes other vectors: nothing cached is reused, and it is another run.
+    other_dtype = CountingEngine(tiny_lm, store.get_direction(second))
+    run_c = annotate_dataset(
+        store, None, dataset_id, second, engine=other_dtype, model_dtype="bfloat16"
+    )
+    assert other_dtype.pairs == 300 and run_c not in (run_a, run_b)
+    assert store.get_run(run_c).settings["model_dtype"] == "bfloat16"
     frame = store.run_frame(run_b)
     assert frame["computed_margin"].notna().all() and len(frame) == 300
 
@@ -75,10 +82,10 @@ def test_crash_midway_then_resume_gives_identical_margins(stored, tiny_lm, tmp_p
     direction = store.get_direction(first)
     crashing = CountingEngine(tiny_lm, direction, crash_after=2)
     with pytest.raises(KeyboardInterrupt):
-        annotate_dataset(store, None, dataset_id, first, engine=crashing)
+        annotate_dataset(store, None, dataset_id, first, engine=crashing, model_dtype="float32")
     assert crashing.pairs == 128
     resumed = CountingEngine(tiny_lm, direction)
-    run = annotate_dataset(store, None, dataset_id, first, engine=resumed)
+    run = annotate_dataset(store, None, dataset_id, first, engine=resumed, model_dtype="float32")
     assert resumed.pairs == 300 - 128, "only the missing pairs are recomputed"
 
     fresh_store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")

@@ -42,7 +42,9 @@ def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_
     # A first run in this process dies after one chunk; Ray finishes the rest.
     crashing = CountingEngine(tiny_lm, direction, crash_after=1)
     with pytest.raises(KeyboardInterrupt):
-        annotate_dataset(store, None, dataset_id, direction_id, engine=crashing)
+        annotate_dataset(
+            store, None, dataset_id, direction_id, engine=crashing, model_dtype="float32"
+        )
     engine = ray_engine(store.get_direction(direction_id), actors=2, chunk_size=64, dtype="float32")
     seen = []
 
@@ -51,7 +53,9 @@ def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_
             seen.append(len(chunk))
             yield chunk, c, r
 
-    ray_run = annotate_dataset(store, None, dataset_id, direction_id, engine=counting)
+    ray_run = annotate_dataset(
+        store, None, dataset_id, direction_id, engine=counting, model_dtype="float32"
+    )
     assert sum(seen) == 200 - 64, "Ray only encodes what the crashed run left"
 
     local = stores["local"][0].run_frame(local_run).sort_values("idx")["computed_margin"]

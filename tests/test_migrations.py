@@ -40,7 +40,7 @@ def test_migrations_ship_inside_the_package() -> None:
         assert (MIGRATIONS_DIR / name).is_file()
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD
-    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
 
 
 def test_fresh_database_is_at_head_and_matches_the_models(tmp_path: Path) -> None:
@@ -204,6 +204,42 @@ def test_upgrade_from_0001_keeps_data_and_enables_new_features(tmp_path: Path) -
             )
         )
     store.close()
+
+
+def test_upgrade_to_0003_keeps_old_cache_apart_from_new_dtypes(tmp_path: Path) -> None:
+    """Vectors cached by 0002 (dtype not recorded) stay readable by their old runs, and a
+    run that names its dtype never reuses them."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade_to(url, "0002")
+    legacy = EmbeddingSpace("tiny", "fp", "alpaca", "last", 2, 512)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO embedding_spaces (id, key, model, model_fingerprint, template, "
+                "pooling, layer, max_length) VALUES (1, :key, 'tiny', 'fp', 'alpaca', 'last', "
+                "2, 512)"
+            ),
+            {"key": legacy.key()},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO embeddings (space_id, key, dtype, vector) VALUES (1, :k, '<f2', :v)"
+            ),
+            {"k": text_key("p", "c"), "v": np.ones(4, "<f2").tobytes()},
+        )
+    engine.dispose()
+
+    with Store(url) as store:
+        assert revision_of(url) == HEAD
+        old_run = {"model": "tiny", "model_fingerprint": "fp", "template": "alpaca"}
+        old_run |= {"pooling": "last", "layer": 2, "max_length": 512}
+        found = store.get_embeddings(EmbeddingSpace.from_settings(old_run), [text_key("p", "c")])
+        assert found[text_key("p", "c")].tolist() == [1.0] * 4
+        for dtype in ("float32", "bfloat16"):
+            space = EmbeddingSpace.from_settings(old_run | {"model_dtype": dtype})
+            assert space.key() != legacy.key()
+            assert store.get_embeddings(space, [text_key("p", "c")]) == {}
 
 
 def test_upgrade_never_drops_foreign_tables(tmp_path: Path) -> None:

@@ -503,6 +503,30 @@ def test_embedding_cache_keeps_values_beyond_float16_range(store: Store) -> None
         store.put_embeddings(SPACE, {b"short": np.ones(3)})
 
 
+@pytest.mark.parametrize("asked", [1_001, 10], ids=["scan the space", "probe by key"])
+def test_iter_embeddings_batches_both_ways(store: Store, asked: int) -> None:
+    rng = np.random.default_rng(1)
+    items = {text_key(f"p{i}", "r"): rng.normal(size=8).astype(np.float32) for i in range(1_000)}
+    wide = text_key("p", "wide")
+    items[wide] = np.array([1e5, *rng.normal(size=7)], dtype=np.float32)
+    store.put_embeddings(SPACE, items)
+    keys = [wide, *list(items)[: asked - 1], text_key("no", "pe"), wide]  # one absent, a repeat
+    got: dict[bytes, np.ndarray] = {}
+    batches = 0
+    for batch_keys, matrix in store.iter_embeddings(SPACE, keys, batch_size=256):
+        assert matrix.dtype == np.float32 and matrix.shape == (len(batch_keys), 8)
+        assert not set(batch_keys) & set(got), "each vector once"
+        got |= dict(zip(batch_keys, matrix))
+        batches += 1
+    assert set(got) == set(keys) - {text_key("no", "pe")}
+    assert batches >= (asked - 1) // 256
+    for key in got:
+        expected = items[key] if key == wide else items[key].astype(np.float16)
+        np.testing.assert_array_equal(got[key], expected.astype(np.float32))
+    assert got[wide][0] == 1e5  # the float32 row among float16 ones
+    assert store.cached_keys(SPACE, keys) == set(got)
+
+
 def test_float16_cache_precision_on_hidden_states(store: Store) -> None:
     """Measure what float16 storage costs on hidden-state-like vectors and on margins."""
     rng = np.random.default_rng(42)
