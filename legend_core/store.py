@@ -53,6 +53,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -367,11 +368,14 @@ def _settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _counting(run_id: int | None) -> Any:
-    """SQL condition: this review counts for ``run_id`` (see the module docstring)."""
+def _counting(run_id: int | None, annotator: str | None = None) -> Any:
+    """SQL condition: this review counts for ``run_id`` (see the module docstring), and is
+    by ``annotator`` when one is given (blind review: what one annotator sees)."""
+    by = Review.annotator == annotator if annotator is not None else true()
     if run_id is None:
-        return Review.id.is_not(None)
-    return or_(Review.run_id == run_id, Review.run_id.is_(None), Review.action.in_(PAIR_ACTIONS))
+        return and_(Review.id.is_not(None), by)
+    in_run = or_(Review.run_id == run_id, Review.run_id.is_(None), Review.action.in_(PAIR_ACTIONS))
+    return and_(in_run, by)
 
 
 def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]:
@@ -846,17 +850,16 @@ class Store:
                 for chunk in _chunks(list(zip(ids, vals, strict=True)), BULK_IN_CHUNK):
                     chunk_ids = [p for p, _ in chunk]
                     # One query answers both: is the pair in the data set, has it a margin?
-                    has_margin: dict[int, bool] = dict(
-                        iter(
-                            conn.execute(
-                                select(Pair.id, Margin.pair_id.is_not(None))
-                                .outerjoin(
-                                    Margin, (Margin.pair_id == Pair.id) & (Margin.run_id == run_id)
-                                )
-                                .where(Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id)
-                            ).tuples()
+                    has_margin: dict[int, bool] = {
+                        pair_id: bool(has)
+                        for pair_id, has in conn.execute(
+                            select(Pair.id, Margin.pair_id.is_not(None))
+                            .outerjoin(
+                                Margin, (Margin.pair_id == Pair.id) & (Margin.run_id == run_id)
+                            )
+                            .where(Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id)
                         )
-                    )
+                    }
                     if len(has_margin) != len(chunk_ids):
                         bad = sorted(set(chunk_ids) - set(has_margin))[:5]
                         raise ValueError(f"pairs {bad} are not in run {run_id}'s data set")
@@ -920,8 +923,10 @@ class Store:
                 return run
         raise NotFoundError(f"no margin run {run_id}")
 
-    def run_frame(self, run_id: int) -> pd.DataFrame:
+    def run_frame(self, run_id: int, annotator: str | None = None) -> pd.DataFrame:
         """Every pair of the run's data set with its margins and review state, in input order.
+
+        With ``annotator``, the review state counts that annotator's reviews only.
 
         Columns: pair_id, idx, prompt, chosen, rejected (as imported), computed_margin
         (relative to the imported chosen; NaN while missing), override_margin (NaN if none),
@@ -938,7 +943,7 @@ class Store:
                 .where(Pair.dataset_id == run.dataset_id)
                 .order_by(Pair.idx)
             ).all()
-            states = self._review_states(s, run_id, Pair.dataset_id == run.dataset_id)
+            states = self._review_states(s, run_id, Pair.dataset_id == run.dataset_id, annotator)
         frame = pd.DataFrame(
             [tuple(r) for r in rows],
             columns=["pair_id", "idx", "prompt", "chosen", "rejected", "computed_margin"],
@@ -962,12 +967,14 @@ class Store:
     # --- reviews -----------------------------------------------------------------------------
 
     @staticmethod
-    def _review_states(s: Session, run_id: int | None, pair_filter: Any) -> dict[int, ReviewState]:
+    def _review_states(
+        s: Session, run_id: int | None, pair_filter: Any, annotator: str | None = None
+    ) -> dict[int, ReviewState]:
         """Review states of the pairs matching ``pair_filter``, as seen in ``run_id``."""
         query = (
             select(Review.pair_id, Review.action, Review.value, Review.annotator)
             .join(Pair, Pair.id == Review.pair_id)
-            .where(pair_filter, _counting(run_id))
+            .where(pair_filter, _counting(run_id, annotator))
             .order_by(Review.id)
         )
         states: dict[int, ReviewState] = {}
@@ -1072,12 +1079,18 @@ class Store:
         columns = ["id", "pair_id", "run_id", "annotator", "action", "value", "note", "created_at"]
         return pd.DataFrame(rows, columns=columns)
 
-    def _reviewed(self, run_id: int) -> Any:
-        """SQL condition on ``Margin``: its pair has a review that counts in ``run_id``."""
-        return exists().where(Review.pair_id == Margin.pair_id, _counting(run_id))
+    def _reviewed(self, run_id: int, annotator: str | None = None) -> Any:
+        """SQL condition on ``Margin``: its pair has a review that counts in ``run_id``
+        (by ``annotator``, if given)."""
+        return exists().where(Review.pair_id == Margin.pair_id, _counting(run_id, annotator))
 
     def _queue_query(
-        self, s: Session, run_id: int, order: str, unreviewed_only: bool
+        self,
+        s: Session,
+        run_id: int,
+        order: str,
+        unreviewed_only: bool,
+        annotator: str | None = None,
     ) -> Select[tuple[int]]:
         """The run's pair ids in review order; each order walks an index, no sort."""
         run = self._run(s, run_id)
@@ -1093,7 +1106,7 @@ class Store:
         else:
             raise ValueError(f"unknown order {order!r}; use 'disagreement' or 'index'")
         if unreviewed_only:
-            query = query.where(~self._reviewed(run_id))
+            query = query.where(~self._reviewed(run_id, annotator))
         return query
 
     def review_queue(
@@ -1102,15 +1115,17 @@ class Store:
         order: Literal["disagreement", "index"] = "disagreement",
         pair_ids: Sequence[int] | None = None,
         unreviewed_only: bool = False,
+        annotator: str | None = None,
     ) -> list[int]:
         """Pair ids of the run (pairs with a computed margin) in review order.
 
         ``disagreement``: ascending computed margin, which puts negative margins first
         (most negative first) and then the rest by |margin| ascending; ties by pair id.
         ``index``: input order. ``pair_ids`` restricts the queue to those pairs.
+        ``unreviewed_only`` leaves out reviewed pairs (reviewed by ``annotator``, if given).
         """
         with self._session() as s:
-            query = self._queue_query(s, run_id, order, unreviewed_only)
+            query = self._queue_query(s, run_id, order, unreviewed_only, annotator)
             ids = list(s.scalars(query))
         if pair_ids is not None:
             wanted = set(pair_ids)
@@ -1145,14 +1160,17 @@ class Store:
                     query = query.where(Pair.idx > after_idx)
             return s.scalar(query.limit(1))
 
-    def review_counts(self, run_id: int) -> tuple[int, int]:
-        """(reviewed, remaining) pairs among those with a computed margin in the run."""
+    def review_counts(self, run_id: int, annotator: str | None = None) -> tuple[int, int]:
+        """(reviewed, remaining) pairs among those with a computed margin in the run
+        (reviewed by ``annotator``, if given)."""
         with self._session() as s:
             self._run(s, run_id)
             total = s.scalar(select(func.count()).where(Margin.run_id == run_id)) or 0
             reviewed = (
                 s.scalar(
-                    select(func.count()).where(Margin.run_id == run_id, self._reviewed(run_id))
+                    select(func.count()).where(
+                        Margin.run_id == run_id, self._reviewed(run_id, annotator)
+                    )
                 )
                 or 0
             )

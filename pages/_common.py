@@ -138,6 +138,15 @@ def blind_review() -> bool:
     return bool(settings and settings.blind_review)
 
 
+def seen_by() -> str | None:
+    """Whose reviews this user sees: under blind review, only their own (admins see
+    everyone's); otherwise None, meaning everyone's."""
+    if not blind_review():
+        return None
+    signed_in = user()
+    return None if signed_in is not None and signed_in.is_admin else annotator()
+
+
 def _sign_out() -> None:
     for key in ("user", "annotator"):
         st.session_state.pop(key, None)

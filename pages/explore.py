@@ -59,23 +59,26 @@ if run is None or run.n_margins == 0:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def run_frame(db: str, run_id: int, n_margins: int, n_reviews: int):
-    """The run's pairs with percentiles; refreshed when margins or reviews change."""
-    return explore.with_lengths(explore.with_percentiles(ui.store().run_frame(run_id)))
+def run_frame(db: str, run_id: int, n_margins: int, n_reviews: int, seen_by: str | None):
+    """The run's pairs with percentiles; refreshed when margins or reviews change. Under
+    blind review the review state is the viewer's own."""
+    frame = ui.store().run_frame(run_id, annotator=seen_by)
+    return explore.with_lengths(explore.with_percentiles(frame))
 
 
 @st.cache_data(show_spinner="Laying out the map…", max_entries=4)
-def pca_map(db: str, run_id: int, n_margins: int):
+def pca_map(db: str, run_id: int, n_margins: int, seen_by: str | None):
     """PCA of every response: instant, so it is computed here and cached."""
     run_info = ui.store().get_run(run_id)
     d = ui.store().get_direction(run_info.direction_id)
-    return explore.response_map(ui.store(), run_info, d, run_frame(db, run_id, n_margins, 0), "pca")
+    pairs = run_frame(db, run_id, n_margins, 0, seen_by)
+    return explore.response_map(ui.store(), run_info, d, pairs, "pca")
 
 
 def umap_map(points: int):
     """UMAP runs in the background (a first run compiles for several seconds): the rest of
     the page stays usable, and the finished map is kept for the process."""
-    key = f"map:{url}:{run.id}:{run.n_margins}:{points}"
+    key = f"map:{url}:{run.id}:{run.n_margins}:{points}:{ui.seen_by()}"
     job = ui.jobs().get(key)
     if job is not None and job.status == "failed":
         ui.job(key)
@@ -85,7 +88,7 @@ def umap_map(points: int):
         return None
     if job is None:
         d = s.get_direction(run.direction_id)
-        pairs = run_frame(url, run.id, run.n_margins, 0)
+        pairs = run_frame(url, run.id, run.n_margins, 0, ui.seen_by())
         job = ui.jobs().start(
             key,
             "Laying out the UMAP map",
@@ -98,7 +101,7 @@ def umap_map(points: int):
     return job.result
 
 
-frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"])
+frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], ui.seen_by())
 summary = explore.summarize(frame)
 m = st.columns(4)
 m[0].metric("Pairs with a margin", f"{summary.n:,}", help=f"{summary.n_missing:,} still missing")
@@ -168,7 +171,10 @@ def charts_pane(filtered) -> None:
             value=2000,
             disabled=method == "pca",
         )
-        layout = pca_map(url, run.id, run.n_margins) if method == "pca" else umap_map(points)
+        if method == "pca":
+            layout = pca_map(url, run.id, run.n_margins, ui.seen_by())
+        else:
+            layout = umap_map(points)
         if layout is not None:
             shown = layout.frame[layout.frame["pair_id"].isin(keep)]
             if shown.empty:

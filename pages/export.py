@@ -23,6 +23,10 @@ if run is None:
     )
     st.stop()
 
+if ui.seen_by() is not None:
+    ui.empty("Blind review is on: exports apply everyone's reviews, so they are for admins.")
+    st.stop()
+
 reviewed, remaining = s.review_counts(run.id)
 st.caption(
     f"Run #{run.id}: {run.n_margins:,} of {run.n_pairs:,} pairs have a margin; "

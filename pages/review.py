@@ -91,12 +91,18 @@ def review_pane() -> None:
         current = queue[0]
         st.session_state["review_current"] = current
     pos = explore.queue_position(queue, current)
-    reviewed, remaining = s.review_counts(run.id)
+    # Under blind review, counts and "next unreviewed" are this annotator's own: others'
+    # progress would tell which pairs they reviewed.
+    seen_by = ui.seen_by()
+    reviewed, remaining = s.review_counts(run.id, annotator=seen_by)
     total = max(1, reviewed + remaining)
-    st.progress(reviewed / total, text=f"{reviewed:,} reviewed · {remaining:,} remaining")
+    by = " by you" if seen_by is not None else ""
+    st.progress(reviewed / total, text=f"{reviewed:,} reviewed{by} · {remaining:,} remaining")
 
     prev_id, next_id = explore.step(queue, current, -1), explore.step(queue, current, 1)
-    todo = s.review_queue(run.id, "disagreement", pair_ids=queue, unreviewed_only=True)
+    todo = s.review_queue(
+        run.id, "disagreement", pair_ids=queue, unreviewed_only=True, annotator=seen_by
+    )
     with st.container(horizontal=True, vertical_alignment="center"):
         st.button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
         st.button(
@@ -114,7 +120,7 @@ def review_pane() -> None:
     pair = s.get_pair(current)
     history = s.pair_history(current)
     # Blind review: others' verdicts stay hidden until this annotator has reviewed the pair.
-    hidden = ui.blind_review() and not any(h.annotator == ui.annotator() for h in history)
+    hidden = seen_by is not None and not any(h.annotator == seen_by for h in history)
     state = s.pair_state(current, run.id)
     margins = computed(url, run.id, run.n_margins)
     value = float(margins.get(current, float("nan")))
@@ -211,6 +217,9 @@ review_pane()
 with st.expander("Agreement between annotators"):
     from legend_core.agreement import agreement_frame, pairwise_agreement
 
+    if ui.seen_by() is not None:
+        st.caption("Blind review is on: agreement is for admins.")
+        st.stop()
     table = agreement_frame(pairwise_agreement(s.reviews_frame(run.dataset_id)))
     if table.empty:
         st.caption("Shows once two annotators have reviewed the same pairs.")

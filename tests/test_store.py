@@ -416,6 +416,23 @@ def test_review_queue_order(store: Store) -> None:
         store.review_queue(run_id, order="random")  # type: ignore[arg-type]
 
 
+def test_one_annotators_view_for_blind_review(store: Store) -> None:
+    _, run_id, ids = annotated(store, [0.5, -1.0, 2.0])
+    store.add_review(ids[0], "ada", "flip", run_id=run_id)
+    store.add_review(ids[1], "ada", "override", value=9.0, run_id=run_id)
+    store.add_review(ids[1], "ben", "flag", run_id=run_id)
+    assert store.review_counts(run_id) == (2, 1)
+    assert store.review_counts(run_id, annotator="ben") == (1, 2)
+    assert store.review_counts(run_id, annotator="cy") == (0, 3)
+    assert store.review_queue(run_id, unreviewed_only=True, annotator="ben") == [ids[0], ids[2]]
+    everyone = store.run_frame(run_id).set_index("pair_id")
+    ben = store.run_frame(run_id, annotator="ben").set_index("pair_id")
+    assert everyone.loc[ids[0], "flipped"] and not ben.loc[ids[0], "flipped"]
+    assert everyone.loc[ids[1], "effective_margin"] == 9.0
+    assert ben.loc[ids[1], "effective_margin"] == -1.0 and ben.loc[ids[1], "flagged"]
+    assert ben["n_reviews"].tolist() == [0, 1, 0]
+
+
 def test_next_pair_walks_the_queue(store: Store) -> None:
     rng = np.random.default_rng(0)
     values = np.round(rng.normal(size=40), 1).tolist()  # rounding makes ties

@@ -3,6 +3,8 @@ signed-in name, and blind review hides others' verdicts until you have reviewed.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,10 @@ def test_annotator_cannot_delete_and_reviews_carry_the_login(team, page, shots):
     # Blind review: ada's override of the first pair is not shown to ben yet.
     expect(page.get_by_text("others' reviews of this pair show once")).to_be_visible()
     assert page.get_by_text("7.25").count() == 0
+    # Nor does the counter tell that ada reviewed a pair; the agreement table is hers.
+    expect(page.get_by_text("0 reviewed by you · 5 remaining")).to_be_visible()
+    page.get_by_text("Agreement between annotators").click()
+    expect(page.get_by_text("Blind review is on: agreement is for admins.")).to_be_visible()
     shoot(page, shots / "03_review_blind.png")
     page.get_by_role("button", name="Accept").click()
     idle(page)
@@ -80,12 +86,19 @@ def test_annotator_cannot_delete_and_reviews_carry_the_login(team, page, shots):
         history = store.pair_history(ids[0])
     assert [(h.annotator, h.action) for h in history] == [("ada", "override"), ("ben", "accept")]
 
+    expect(page.get_by_text("1 reviewed by you · 4 remaining")).to_be_visible()
     page.get_by_role("button", name="Previous").click()
     idle(page)
     # Having reviewed it, ben now sees ada's override as the effective margin.
     expect(page.get_by_text("7.250")).to_be_visible()
     assert page.get_by_text("others' reviews of this pair show once").count() == 0
     shoot(page, shots / "04_review_after.png")
+
+    # Exports apply everyone's reviews: under blind review they are for admins.
+    nav(page, "Export")
+    idle(page)
+    expect(page.get_by_text("exports apply everyone's reviews")).to_be_visible()
+    assert page.get_by_role("button", name=re.compile(r"^Export [\d,]+ rows")).count() == 0
 
 
 def test_admin_sees_delete(team, page, shots):
