@@ -1,16 +1,15 @@
 """Data: import preference data sets and contrastive sets; see what is stored."""
 
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from legend_core import formats
+from legend_core.uploads import save_upload
 from pages import _common as ui
 
 SUFFIXES = ["jsonl", "ndjson", "json", "csv", "tsv", "parquet", "pq"]
-UPLOADS = Path(tempfile.gettempdir()) / "legend-studio-uploads"
 
 st.title("Data")
 s = ui.store()
@@ -23,12 +22,7 @@ def source(kind: str) -> Path | None:
         "…or the path of a file on this machine", key=f"{kind}_path", placeholder="/data/x.jsonl"
     )
     if upload is not None:
-        folder = UPLOADS / upload.file_id
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / (Path(upload.name).name or "upload")
-        if not target.exists():
-            target.write_bytes(upload.getvalue())
-        return target
+        return save_upload(upload.file_id, upload.name, upload.getvalue())
     if path.strip():
         local = Path(path.strip()).expanduser()
         if not local.is_file():
