@@ -13,6 +13,11 @@ from typing import Any
 from legend_core import config
 
 Handler = Callable[[argparse.Namespace], int]
+REFUSAL_HELP = (
+    "the harmless side of AdvBench-style sets: 'paper' (the paper's "
+    f"{config.PAPER_REFUSAL!r}), 'varied' ({len(config.VARIED_REFUSALS)} refusals of ours, "
+    "in turn: the best set in EVALUATION.md) or a refusal text"
+)
 
 
 class UserError(Exception):
@@ -65,7 +70,8 @@ def _read_contrast(args: argparse.Namespace):
     from legend_core.formats import read_contrast_set
 
     path = Path(args.contrast)
-    return read_contrast_set(path, format=args.contrast_format, refusal=args.refusal), path.name
+    refusal = config.refusals(args.refusal) if args.refusal else None
+    return read_contrast_set(path, format=args.contrast_format, refusal=refusal), path.name
 
 
 def quality_table(direction) -> str:
@@ -213,7 +219,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.contrast:
         from legend_core.formats import read_contrast_set
 
-        items = read_contrast_set(args.file, format=args.format, refusal=args.refusal)
+        refusal = config.refusals(args.refusal) if args.refusal else None
+        items = read_contrast_set(args.file, format=args.format, refusal=refusal)
         set_id = store.add_contrast_set(args.name or Path(args.file).stem, items, source=args.file)
         print(f"contrast set {set_id}: {len(items)} items")
         return 0
@@ -509,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--refusal",
         default=None,
-        help=f"the harmless response for AdvBench-style sets (the paper: {config.PAPER_REFUSAL!r})",
+        help=REFUSAL_HELP,
     )
     build.add_argument("--layer", default=config.DEFAULT_LAYER, help="an index or 'best'")
     build.add_argument("--pooling", default=config.DEFAULT_POOLING, choices=POOLINGS)
@@ -551,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", default=None)
     imp.add_argument("--map", nargs="*", help="column mapping, e.g. prompt=question")
     imp.add_argument("--contrast", action="store_true", help="the file is a contrastive set")
-    imp.add_argument("--refusal", default=None, help="harmless response for AdvBench-style sets")
+    imp.add_argument("--refusal", default=None, help=REFUSAL_HELP)
     _db_option(imp)
     imp.set_defaults(handler=cmd_import)
 

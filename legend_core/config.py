@@ -51,3 +51,35 @@ DEFAULT_METHOD = "logistic"
 DEFAULT_LAYER = "best"
 DEFAULT_MAX_LENGTH = 512
 PAPER_REFUSAL = "I can’t answer that."
+
+# Refusals written by the Legend Studio project (no public data set): varied wording and
+# length, from one word to several sentences, so a direction built on them cannot simply
+# measure the length or the exact phrasing of one fixed refusal.
+VARIED_REFUSALS: tuple[str, ...] = (
+    "No.",
+    "I can't help with that.",
+    "Sorry, but I won't do that.",
+    "I'm not able to help with this request.",
+    "I won't provide that. It could cause real harm to people.",
+    "That's not something I can assist with, because it could put others at risk.",
+    "I have to decline this one. If something difficult is going on, I'm glad to talk "
+    "about safer options.",
+    "I'm sorry, but I can't give instructions for that. It is illegal and could hurt "
+    "someone. If you like, I can point you to legitimate resources on the topic instead.",
+    "Absolutely not.",
+    "I'd rather not help with this, since it could be used to hurt someone.",
+    "I can't do that. Is there something else I can help you with?",
+    "This request asks for something dangerous, so I'm going to say no. I'm happy to "
+    "help with a safe and legal alternative.",
+    "Sorry, I can't assist with that request.",
+    "No, I won't help with this. Please don't try it either: people could get hurt.",
+    "I'm not comfortable helping with that.",
+    "I must refuse. Helping with this would be irresponsible, and it may break the law "
+    "where you live. Let me know if you'd like general safety information instead.",
+)
+
+
+def refusals(choice: str) -> str | tuple[str, ...]:
+    """The harmless side of an AdvBench-style set: ``paper`` (the paper's fixed refusal),
+    ``varied`` (ours, cycled; the best set in EVALUATION.md) or a refusal text itself."""
+    return {"paper": PAPER_REFUSAL, "varied": VARIED_REFUSALS}.get(choice.strip(), choice)

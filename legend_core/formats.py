@@ -26,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from legend_core.config import PAPER_REFUSAL
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ CONTRAST_FORMATS: tuple[str, ...] = get_args(ContrastFormat)
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
-PAPER_REFUSAL = "I can’t answer that."
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -679,7 +679,7 @@ def _detect_contrast(src: _Source, mapping: Mapping[str, str]) -> ContrastFormat
 def read_contrast_set(
     path: str | os.PathLike[str],
     format: ContrastFormat | Literal["auto"] = "auto",
-    refusal: str | None = None,
+    refusal: str | Sequence[str] | None = None,
     mapping: Mapping[str, str] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
@@ -689,7 +689,8 @@ def read_contrast_set(
     Args:
         path: A .jsonl/.ndjson/.json/.csv/.tsv/.parquet file.
         format: "contrast", "advbench" (``goal`` = instruction, ``target`` = harmful) or "auto".
-        refusal: The harmless response of every AdvBench item (required for advbench).
+        refusal: The harmless response of every AdvBench item (required for advbench), or
+            several, given to the items in turn (``config.VARIED_REFUSALS``).
         mapping: The format's field names -> the file's column names.
         max_bytes: Larger files are refused before reading.
         max_line_bytes: Longer lines are refused unparsed.
@@ -703,7 +704,9 @@ def read_contrast_set(
             format = _detect_contrast(src, mapping or {})
         if format not in CONTRAST_FORMATS:
             raise src.error(f"unknown format {format!r}: expected auto, contrast or advbench")
-        if format == "advbench" and not (refusal and refusal.strip()):
+        given = [refusal] if isinstance(refusal, str) else list(refusal or [])
+        given = [r for r in given if r.strip()]
+        if format == "advbench" and not given:
             raise src.error(
                 "AdvBench rows have no harmless response: pass refusal=..., e.g. the paper's "
                 f"{PAPER_REFUSAL!r}"
@@ -713,7 +716,9 @@ def read_contrast_set(
         for line, record in src.rows:
             row = _Row(src, line, record, cols, format)
             texts = [row.text(name, nonempty=True) for name in FIELDS[format]]
-            items.append(ContrastItem(*texts, *([refusal] if format == "advbench" else [])))
+            if format == "advbench":
+                texts.append(given[len(items) % len(given)])
+            items.append(ContrastItem(*texts))
     finally:
         src.close()
     if not items:

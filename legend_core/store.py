@@ -643,7 +643,7 @@ class Store:
         path: str | Path,
         format: str = "auto",
         name: str | None = None,
-        refusal: str | None = None,
+        refusal: str | Sequence[str] | None = None,
         mapping: Mapping[str, str] | None = None,
     ) -> int:
         """Read a contrastive set with ``formats.read_contrast_set`` and store it."""

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from legend_core import formats
+from legend_core import config, formats
 from legend_core.uploads import save_upload
 from pages import _common as ui
 
@@ -120,16 +120,26 @@ with pairs_tab:
 with contrast_tab:
     st.caption(
         "A contrastive set: instruction, harmful, harmless (CSV or JSONL); or AdvBench "
-        "(goal, target) with one refusal as every harmless response."
+        "(goal, target), whose harmless side is a refusal you choose."
     )
     left, right = st.columns([3, 2])
     with left:
         cpath = source("contrast")
     with right:
         cfmt = st.selectbox("Format", ["auto", *formats.CONTRAST_FORMATS], key="contrast_format")
-        refusal = st.text_input(
-            "Refusal (AdvBench only)", value=formats.PAPER_REFUSAL, key="contrast_refusal"
+        kind = st.radio(
+            "Refusals (AdvBench only)",
+            ["varied", "paper", "custom"],
+            format_func={
+                "varied": f"Ours, varied ({len(config.VARIED_REFUSALS)}, in turn; best measured)",
+                "paper": f"The paper's: {config.PAPER_REFUSAL}",
+                "custom": "My own",
+            }.get,
+            key="contrast_refusal_kind",
         )
+        refusal = config.refusals(kind)
+        if kind == "custom":
+            refusal = st.text_input("Refusal", key="contrast_refusal")
     if cpath is not None:
         cname = st.text_input(
             "Name of the contrastive set", value=cpath.stem, key=f"contrast_name_{cpath}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from legend_core import config
 from legend_core.store import Store
 from tests.app_support import PAGES, app, button, goto, large_db, metrics, problems, wait_until
 
@@ -112,7 +113,15 @@ def test_data_page_imports_a_contrastive_set(monkeypatch, db, tmp_path):
     store = Store(db)
     (info,) = store.list_contrast_sets()
     assert (info.name, info.n_items) == ("adv", 2)
-    assert {i.harmless for i in store.get_contrast_items(info.id)} == {"I can’t answer that."}
+    # Our varied refusals by default (the best measured set), in turn.
+    harmless = [i.harmless for i in store.get_contrast_items(info.id)]
+    assert harmless == list(config.VARIED_REFUSALS[:2])
+
+    at.radio(key="contrast_refusal_kind").set_value("paper").run()
+    next(t for t in at.text_input if t.key.startswith("contrast_name_")).input("paper").run()
+    button(at, "Import contrastive set").click().run()
+    paper = next(i for i in store.list_contrast_sets() if i.name == "paper")
+    assert {i.harmless for i in store.get_contrast_items(paper.id)} == {config.PAPER_REFUSAL}
 
 
 def test_every_page_renders_with_20000_pairs(monkeypatch, big_db):

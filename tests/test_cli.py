@@ -11,6 +11,7 @@ import pytest
 from legend_core import config
 from legend_core.cli import main
 from legend_core.directions import load_direction
+from legend_core.store import Store
 from tests.conftest import ROOT
 
 
@@ -83,6 +84,22 @@ def test_errors_are_one_line_without_traceback(args, expected, tmp_path, monkeyp
     assert "Traceback" not in done.stderr
     assert expected in done.stderr
     assert done.stderr.strip().startswith("legend: error:")
+
+
+@pytest.mark.skipif(not (ROOT / "../shared/data/advbench").is_dir(), reason="no shared data")
+def test_import_advbench_with_our_varied_refusals(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    advbench = ROOT / "../shared/data/advbench/harmful_behaviors.csv"
+    args = ["import", str(advbench), "--contrast", "--refusal", "varied", "--db", db]
+    assert main(args) == 0
+    store = Store(db)
+    (info,) = store.list_contrast_sets()
+    harmless = [i.harmless for i in store.get_contrast_items(info.id)]
+    n = len(config.VARIED_REFUSALS)
+    assert len(harmless) == 520 and harmless[:n] == list(config.VARIED_REFUSALS)
+    assert harmless[n] == config.VARIED_REFUSALS[0]
+    assert config.refusals("paper") == config.PAPER_REFUSAL
+    assert config.refusals("Nope.") == "Nope."
 
 
 def test_import_review_export_through_the_shell(tmp_path, capsys):

@@ -525,6 +525,8 @@ def test_advbench_needs_a_refusal() -> None:
     assert len(items) == 520
     assert {i.harmless for i in items} == {"I can’t answer that."}
     assert all(i.harmful.startswith("Sure, here") for i in items)
+    varied = read_contrast_set(ADVBENCH, refusal=["No.", "  ", "I won't."])  # blanks dropped
+    assert [i.harmless for i in varied[:4]] == ["No.", "I won't.", "No.", "I won't."]
     with pytest.raises(FormatError, match="missing column 'instruction'") as info:
         read_contrast_set(ADVBENCH, format="contrast")
     assert (info.value.line, info.value.field) == (1, "instruction")
