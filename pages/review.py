@@ -7,11 +7,15 @@ from legend_core import config, explore
 from pages import _common as ui
 
 st.title("Review")
+others = (
+    "others' reviews of a pair show once you have reviewed it (blind review)"
+    if ui.seen_by() is not None
+    else "reviews by others show up as soon as they are made"
+)
 st.caption(
     "The queue puts first the pairs with the most negative margins (the direction disagrees "
-    "with the label), then those near zero. Every action is stored with your name; reviews "
-    "by others show up as soon as they are made. Keys: A accept · F flip · G flag · "
-    "O override · N next · P previous · U next unreviewed."
+    f"with the label), then those near zero. Every action is stored with your name; {others}. "
+    "Keys: A accept · F flip · G flag · O override · N next · P previous · U next unreviewed."
 )
 s = ui.store()
 url = config.database_url()
