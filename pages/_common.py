@@ -133,18 +133,22 @@ def can_delete() -> bool:
 
 
 def blind_review() -> bool:
-    """Whether others' margins and reviews stay hidden until you have reviewed a pair."""
+    """Whether an admin turned blind review on for everyone (in the users file)."""
     settings = auth_config()
     return bool(settings and settings.blind_review)
 
 
-def seen_by() -> str | None:
-    """Whose reviews this user sees: under blind review, only their own (admins see
-    everyone's); otherwise None, meaning everyone's."""
-    if not blind_review():
-        return None
+def blind_for_me() -> bool:
+    """Whether blind review is imposed on this user (set by an admin; admins are exempt)."""
     signed_in = user()
-    return None if signed_in is not None and signed_in.is_admin else annotator()
+    return blind_review() and not (signed_in is not None and signed_in.is_admin)
+
+
+def seen_by() -> str | None:
+    """Whose reviews this user sees: only their own under blind review, else None
+    (everyone's). Blind review is on when an admin set it for all annotators (admins
+    themselves still see everything) or when this annotator chose it in the sidebar."""
+    return annotator() if st.session_state.get("blind_self") or blind_for_me() else None
 
 
 def _sign_out() -> None:
@@ -166,6 +170,12 @@ def sidebar() -> None:
                 placeholder="e.g. alex",
                 **_keep("annotator", ""),
             )
+        blind_help = "Hide others' margins and reviews of a pair until you have reviewed it."
+        if blind_for_me():
+            st.toggle("Blind review", value=True, disabled=True, help=blind_help)
+            st.caption("Set by an admin for every annotator.")
+        else:
+            st.toggle("Blind review", help=blind_help, **_keep("blind_self", False))
         name, device, dtype, trust = model_choice()
         st.caption("Model in use")
         st.text(name if name != config.DEFAULT_MODEL else "default (SmolLM2-135M-Instruct)")

@@ -23,7 +23,7 @@ if run is None:
     )
     st.stop()
 
-if ui.seen_by() is not None:
+if ui.blind_for_me():
     ui.empty("Blind review is on: exports apply everyone's reviews, so they are for admins.")
     st.stop()
 

@@ -147,6 +147,31 @@ def test_two_annotators_see_each_others_reviews(flow, tiny_model_dir):
     monkeypatch.undo()
 
 
+def test_an_annotator_can_choose_blind_review(flow, tiny_model_dir):
+    """Without login mode, blind review is each annotator's own choice in the sidebar."""
+    url, _, _ = flow
+    store = Store(url)
+    run_id = store.list_runs()[0].id
+    pair = store.review_queue(run_id)[20]
+    store.add_review(pair, "erin", "override", value=4.5, run_id=run_id)
+    monkeypatch = pytest.MonkeyPatch()
+    dan = app(monkeypatch, url, tiny_model_dir)
+    dan.session_state["annotator"] = "dan"
+    dan.session_state["review_current"] = pair
+    dan.run()
+    dan.sidebar.toggle(key="_w_blind_self").set_value(True).run()
+    goto(dan, "review")
+    assert metrics(dan)["Effective margin"] == "hidden"
+    reviewed, remaining = store.review_counts(run_id, annotator="dan")
+    assert f"{reviewed} reviewed by you · {remaining:,} remaining" in _progress_text(dan)
+    assert "erin" not in " ".join(d.value.to_string() for d in dan.dataframe)
+    button(dan, "Accept").click().run()
+    dan.session_state["review_current"] = pair
+    dan.run()
+    assert metrics(dan)["Effective margin"] == "4.500"  # reviewed: others' verdicts show
+    monkeypatch.undo()
+
+
 def test_export_downloads_reviewed_margins_and_manifest(flow):
     url, at, _ = flow
     store = Store(url)
