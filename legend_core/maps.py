@@ -27,6 +27,8 @@ MIN_UMAP_POINTS = 30
 PCA_DIMS = 50
 #: Up to this many points, UMAP gets an exact distance matrix.
 EXACT_MAX = 6000
+#: Rows per float64 block in ``pca``: memory stays near the input's, not 2-3 copies of it.
+PCA_CHUNK = 8192
 
 
 @dataclass
@@ -68,28 +70,34 @@ def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
     Each component's sign is fixed (its largest-magnitude loading positive), so the same
     input always gives the same picture.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array; got shape {x.shape}")
     n = x.shape[0]
-    out = np.zeros((n, k), dtype=np.float64)
+    out = np.zeros((n, k), dtype=np.float32)
     if n < 2:
-        return out.astype(np.float32)
-    centred = x - x.mean(0)
+        return out
+    mean = x.mean(0, dtype=np.float64)
     # One BLAS thread: multi-threaded LAPACK can be orders of magnitude slower on small
     # shared machines, and these decompositions are small.
     with threadpool_limits(1):
-        if n >= x.shape[1]:  # tall: eigenvectors of the (d, d) scatter matrix
-            values, vectors = np.linalg.eigh(centred.T @ centred)
+        if n >= x.shape[1]:  # tall: eigenvectors of the (d, d) scatter matrix, by chunks
+            scatter = np.zeros((x.shape[1], x.shape[1]))
+            for lo in range(0, n, PCA_CHUNK):
+                centred = x[lo : lo + PCA_CHUNK] - mean  # float64, one chunk at a time
+                scatter += centred.T @ centred
+            _, vectors = np.linalg.eigh(scatter)
             vt = vectors[:, ::-1].T
         else:
-            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     m = min(k, vt.shape[0])
     components = vt[:m]
     signs = np.sign(components[np.arange(m), np.abs(components).argmax(1)])
     signs[signs == 0] = 1.0
-    out[:, :m] = centred @ (components * signs[:, None]).T
-    return out.astype(np.float32)
+    loadings = (components * signs[:, None]).T
+    for lo in range(0, n, PCA_CHUNK):
+        out[lo : lo + PCA_CHUNK, :m] = (x[lo : lo + PCA_CHUNK] - mean) @ loadings
+    return out
 
 
 def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:

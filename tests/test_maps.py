@@ -31,6 +31,21 @@ def test_pca_finds_the_main_axis_with_a_fixed_sign():
     assert maps.pca(np.ones((3, 1))).shape == (3, 2)  # rank below 2: zero-padded
 
 
+def test_pca_in_chunks_matches_a_full_svd():
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(maps.PCA_CHUNK + 1_500, 24)) * np.linspace(5, 0.1, 24)).astype(
+        np.float32
+    )
+    got = maps.pca(x, 3)
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ vt[:3].T
+    for j in range(3):  # the same components up to the sign convention
+        sign = np.sign(got[:, j] @ expected[:, j])
+        np.testing.assert_allclose(got[:, j], sign * expected[:, j], rtol=1e-4, atol=1e-3)
+    assert got.dtype == np.float32
+
+
 def test_small_sets_fall_back_to_pca_and_say_so():
     x = np.random.default_rng(0).normal(size=(10, 8))
     layout = maps.embed_2d(x, "umap", what="texts")
