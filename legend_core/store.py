@@ -89,9 +89,6 @@ T = TypeVar("T")
 INSERT_CHUNK = 2_000
 #: Values per ``IN (...)`` list: stays under SQLite's old 999-parameter limit.
 IN_CHUNK = 900
-#: Values per ``IN (...)`` list on the bulk paths (margins, embedding cache): SQLite allows
-#: 32,766 parameters since 3.32 and PostgreSQL 65,535; fewer, longer statements cost less.
-BULK_IN_CHUNK = 4_000 if sqlite3.sqlite_version_info >= (3, 32) else IN_CHUNK
 #: Inserts at least this large refresh the planner's statistics (PostgreSQL).
 BIG_INSERT = 5_000
 #: Actions that are facts about the pair, whatever run they were made in.
@@ -286,6 +283,11 @@ class ReviewState:
 
 
 # --- Database specifics: the only dialect-specific code in the project ----------------------
+
+
+#: Values per ``IN (...)`` list on the bulk paths (margins, embedding cache): SQLite allows
+#: 32,766 parameters since 3.32 and PostgreSQL 65,535; fewer, longer statements cost less.
+BULK_IN_CHUNK = 4_000 if sqlite3.sqlite_version_info >= (3, 32) else IN_CHUNK
 
 
 def _is_sqlite(url: str) -> bool:
