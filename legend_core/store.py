@@ -89,6 +89,8 @@ T = TypeVar("T")
 INSERT_CHUNK = 2_000
 #: Values per ``IN (...)`` list: stays under SQLite's old 999-parameter limit.
 IN_CHUNK = 900
+#: Cache lookups of at least this many keys may scan their space instead of probing it.
+SCAN_MIN_KEYS = 20_000
 #: Inserts at least this large refresh the planner's statistics (PostgreSQL).
 BIG_INSERT = 5_000
 #: Actions that are facts about the pair, whatever run they were made in.
@@ -1195,8 +1197,9 @@ class Store:
     ) -> Iterator[list[Any]]:
         """Rows ``(key, dtype, vector)`` (or ``(key,)``) of the wanted keys cached in ``space``.
 
-        When the keys are a large part of the space, one sequential scan of the space beats
-        an index probe per key (4x for a 100k-pair run on SQLite); else it probes by key.
+        When many keys are a large part of the space, one sequential scan of the space
+        beats an index probe per key (4x for a 100k-pair run on SQLite); else it probes by
+        key (and never counts a large space for a small lookup).
         """
         wanted = {bytes(k) for k in keys}
         table = Embedding.__table__
@@ -1207,8 +1210,8 @@ class Store:
                 return
             conn = s.connection()  # Core rows: no ORM overhead on 10^5 rows
             in_space = table.c.space_id == space_id
-            size = conn.scalar(select(func.count()).select_from(table).where(in_space)) or 0
-            if 4 * len(wanted) >= size:
+            count = select(func.count()).select_from(table).where(in_space)
+            if len(wanted) >= SCAN_MIN_KEYS and 4 * len(wanted) >= (conn.scalar(count) or 0):
                 result = conn.execution_options(yield_per=batch_size).execute(
                     select(*columns).where(in_space)
                 )

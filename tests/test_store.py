@@ -521,7 +521,8 @@ def test_embedding_cache_keeps_values_beyond_float16_range(store: Store) -> None
 
 
 @pytest.mark.parametrize("asked", [1_001, 10], ids=["scan the space", "probe by key"])
-def test_iter_embeddings_batches_both_ways(store: Store, asked: int) -> None:
+def test_iter_embeddings_batches_both_ways(store: Store, asked: int, monkeypatch) -> None:
+    monkeypatch.setattr("legend_core.store.SCAN_MIN_KEYS", 1_000)  # scan at test sizes
     rng = np.random.default_rng(1)
     items = {text_key(f"p{i}", "r"): rng.normal(size=8).astype(np.float32) for i in range(1_000)}
     wide = text_key("p", "wide")
@@ -530,6 +531,9 @@ def test_iter_embeddings_batches_both_ways(store: Store, asked: int) -> None:
     keys = [wide, *list(items)[: asked - 1], text_key("no", "pe"), wide]  # one absent, a repeat
     got: dict[bytes, np.ndarray] = {}
     batches = 0
+    statements: list[str] = []
+    record = lambda conn, cursor, sql, *rest: statements.append(sql)  # noqa: E731
+    sa.event.listen(store.engine, "before_cursor_execute", record)
     for batch_keys, matrix in store.iter_embeddings(SPACE, keys, batch_size=256):
         assert matrix.dtype == np.float32 and matrix.shape == (len(batch_keys), 8)
         assert not set(batch_keys) & set(got), "each vector once"
@@ -541,6 +545,9 @@ def test_iter_embeddings_batches_both_ways(store: Store, asked: int) -> None:
         expected = items[key] if key == wide else items[key].astype(np.float16)
         np.testing.assert_array_equal(got[key], expected.astype(np.float32))
     assert got[wide][0] == 1e5  # the float32 row among float16 ones
+    sa.event.remove(store.engine, "before_cursor_execute", record)
+    reads = [q for q in statements if "embeddings.vector" in q]
+    assert reads and all(("IN (" in q) == (asked == 10) for q in reads), "scan or probe"
     assert store.cached_keys(SPACE, keys) == set(got)
 
 
