@@ -21,6 +21,7 @@ BENCHMARKS = {
     "maps": "bench.maps_bench",
     "flops": "bench.flops",
     "encoder": "bench.encoder",
+    "ray": "bench.ray_bench",
 }
 
 

@@ -152,7 +152,7 @@ def seen_by() -> str | None:
 
 
 def _sign_out() -> None:
-    for key in ("user", "annotator"):
+    for key in ("user", "annotator", "blind_self", "_w_blind_self"):
         st.session_state.pop(key, None)
 
 
