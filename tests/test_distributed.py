@@ -62,3 +62,43 @@ def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_
     remote = store.run_frame(ray_run).sort_values("idx")["computed_margin"]
     assert len(remote) == 200
     np.testing.assert_array_equal(local.to_numpy(), remote.to_numpy())
+
+
+def test_legend_annotate_engine_ray_records_one_dtype(tmp_path, tiny_lm, local_ray, capsys):
+    """The command line's Ray path: the dtype is resolved once, on the driver, and the run
+    (and its cache) names it; the margins equal one process's."""
+    from legend_core.cli import main
+
+    items = read_contrast_set(config.DEMO_CONTRAST)[:16]
+    direction = build_direction(tiny_lm, items, layer=2).direction
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = Store(db)
+    dataset_id = store.add_dataset("s", synthetic_pairs(40))
+    direction_id = store.add_direction(direction)
+    args = ["annotate", "--dataset", str(dataset_id), "--direction-id", str(direction_id)]
+    args += ["--engine", "ray", "--actors", "1", "--dtype", "float32", "--db", db]
+    assert main(args) == 0
+    (run,) = store.list_runs()
+    assert run.settings["model_dtype"] == "float32" and run.n_margins == 40
+
+    local_store = Store(f"sqlite:///{tmp_path / 'local.db'}")
+    local_run = annotate_dataset(
+        local_store,
+        tiny_lm,
+        local_store.add_dataset("s", synthetic_pairs(40)),
+        local_store.add_direction(direction),
+    )
+    got = store.run_frame(run.id).sort_values("idx")["computed_margin"].to_numpy()
+    want = local_store.run_frame(local_run).sort_values("idx")["computed_margin"].to_numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_actor_dtype_is_resolved_on_the_driver():
+    from legend_core.distributed import actor_dtype
+    from legend_core.models import ModelLoadError, cpu_has_bf16
+
+    assert actor_dtype("float16", "cpu") == "float16"
+    assert actor_dtype("auto", "cuda") == "bfloat16"
+    assert actor_dtype("auto", "cpu") == ("bfloat16" if cpu_has_bf16() else "float32")
+    with pytest.raises(ModelLoadError, match="Unknown dtype"):
+        actor_dtype("float8", "cpu")
