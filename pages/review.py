@@ -138,8 +138,15 @@ def review_pane() -> None:
         "hidden" if hidden else "—" if effective is None else f"{effective:.3f}",
         help="After reviews: an override, or the computed margin negated when flipped.",
     )
-    flags = [w for w, on in (("flipped", state.flipped), ("flagged", state.flagged)) if on]
-    m[4].metric("State", "hidden" if hidden else ", ".join(flags) or "as imported")
+    # Short words: a metric's value is cut to its column's width.
+    shown_state = {(False, False): "original", (True, False): "flipped"}
+    shown_state |= {(False, True): "flagged", (True, True): "flip+flag"}
+    m[4].metric(
+        "State",
+        "hidden" if hidden else shown_state[state.flipped, state.flagged],
+        help="original: as imported; flipped: chosen and rejected swapped in exports; "
+        "flagged: marked for a second look (left out of exports by default).",
+    )
 
     texts = (pair.prompt, pair.chosen, pair.rejected)
     box = (
