@@ -1198,8 +1198,8 @@ class Store:
         """Rows ``(key, dtype, vector)`` (or ``(key,)``) of the wanted keys cached in ``space``.
 
         When many keys are a large part of the space, one sequential scan of the space
-        beats an index probe per key (4x for a 100k-pair run on SQLite); else it probes by
-        key (and never counts a large space for a small lookup).
+        beats an index probe per key (BENCHMARKS.md §3); else it probes by key (and never
+        counts a large space for a small lookup).
         """
         wanted = {bytes(k) for k in keys}
         table = Embedding.__table__
