@@ -14,6 +14,7 @@ st.caption(
 )
 s = ui.store()
 url = config.database_url()
+seen_by = ui.seen_by()  # whose reviews this viewer sees (blind review: their own)
 
 c1, c2 = st.columns(2)
 with c1:
@@ -78,7 +79,7 @@ def pca_map(db: str, run_id: int, n_margins: int, seen_by: str | None):
 def umap_map(points: int):
     """UMAP runs in the background (a first run compiles for several seconds): the rest of
     the page stays usable, and the finished map is kept for the process."""
-    key = f"map:{url}:{run.id}:{run.n_margins}:{points}:{ui.seen_by()}"
+    key = f"map:{url}:{run.id}:{run.n_margins}:{points}:{seen_by}"
     job = ui.jobs().get(key)
     if job is not None and job.status == "failed":
         ui.job(key)
@@ -88,7 +89,7 @@ def umap_map(points: int):
         return None
     if job is None:
         d = s.get_direction(run.direction_id)
-        pairs = run_frame(url, run.id, run.n_margins, 0, ui.seen_by())
+        pairs = run_frame(url, run.id, run.n_margins, 0, seen_by)
         job = ui.jobs().start(
             key,
             "Laying out the UMAP map",
@@ -101,7 +102,7 @@ def umap_map(points: int):
     return job.result
 
 
-frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], ui.seen_by())
+frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], seen_by)
 summary = explore.summarize(frame)
 m = st.columns(4)
 m[0].metric("Pairs with a margin", f"{summary.n:,}", help=f"{summary.n_missing:,} still missing")
@@ -172,7 +173,7 @@ def charts_pane(filtered) -> None:
             disabled=method == "pca",
         )
         if method == "pca":
-            layout = pca_map(url, run.id, run.n_margins, ui.seen_by())
+            layout = pca_map(url, run.id, run.n_margins, seen_by)
         else:
             layout = umap_map(points)
         if layout is not None:
