@@ -4,7 +4,7 @@
 run:
 	scripts/setup.sh
 	.venv/bin/legend demo
-	.venv/bin/streamlit run app.py
+	scripts/serve.sh
 
 test:
 	scripts/test.sh

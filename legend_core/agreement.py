@@ -1,9 +1,11 @@
 """Agreement between annotators who reviewed the same pairs.
 
-Each annotator's *own* verdict on a pair is read from their reviews alone: flipped when
-they flipped it an odd number of times, flagged when their latest flag/unflag is a flag,
-and their latest override value. Pairs are compared between two annotators only where
-both reviewed them.
+Each annotator's own current verdict and flag on a pair come from
+:func:`legend_core.review_policy.annotator_states` (the one place the review rules live):
+their latest verdict (accept, flip or override; withdrawn means none) and their latest
+flag state. Two annotators are compared on the pairs both reviewed: their verdicts' sides
+(as imported vs swapped) where both hold a verdict, their flag states on every such pair,
+and their override numbers where both overrode on the same direction's scale.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from legend_core.review_policy import ReviewEvent, annotator_states
+
+VERDICT_COLUMNS = ["annotator", "pair_id", "verdict", "swapped", "flagged", "override", "scale"]
+
 
 @dataclass
 class PairwiseAgreement:
@@ -22,12 +28,13 @@ class PairwiseAgreement:
     Attributes:
         annotator_a: First annotator (alphabetical order).
         annotator_b: Second annotator.
-        common_pairs: Pairs both reviewed.
-        flip_agreement: Share of common pairs with the same flip verdict (None if none).
-        flag_agreement: Share of common pairs with the same flag verdict.
-        flip_kappa: Cohen's kappa of the flip verdicts (None when undefined).
-        flag_kappa: Cohen's kappa of the flag verdicts.
-        common_overrides: Pairs both gave a margin override.
+        common_pairs: Pairs both reviewed (any action).
+        common_verdicts: Pairs both hold a current verdict on.
+        verdict_agreement: Share of those with the same side (None if none).
+        verdict_kappa: Cohen's kappa of the sides (None when undefined).
+        flag_agreement: Share of common pairs with the same flag state.
+        flag_kappa: Cohen's kappa of the flag states.
+        common_overrides: Pairs both overrode on the same direction's scale.
         override_correlation: Pearson correlation of those overrides (None below 3 pairs).
         override_mad: Mean absolute difference of those overrides.
     """
@@ -35,9 +42,10 @@ class PairwiseAgreement:
     annotator_a: str
     annotator_b: str
     common_pairs: int
-    flip_agreement: float | None
+    common_verdicts: int
+    verdict_agreement: float | None
+    verdict_kappa: float | None
     flag_agreement: float | None
-    flip_kappa: float | None
     flag_kappa: float | None
     common_overrides: int
     override_correlation: float | None
@@ -45,26 +53,44 @@ class PairwiseAgreement:
 
 
 def verdicts(reviews: pd.DataFrame) -> pd.DataFrame:
-    """One row per (annotator, pair): flipped, flagged, override (NaN if none).
+    """One row per (annotator, pair) they reviewed: their current state.
 
     Args:
-        reviews: Reviews oldest first with columns pair_id, annotator, action, value.
+        reviews: Reviews with columns id, pair_id, annotator, action, value and, optionally,
+            direction_id (as from ``Store.reviews_frame``).
+
+    Returns:
+        Columns annotator, pair_id, verdict ("accept", "flip", "override" or None),
+        swapped (True/False, None without a verdict), flagged (bool), override (NaN unless
+        the verdict is an override) and scale (the override's direction id, -1 if none).
     """
     rows = []
-    for (annotator, pair_id), group in reviews.groupby(["annotator", "pair_id"], sort=True):
-        actions = group["action"].tolist()
-        flags = [a for a in actions if a in ("flag", "unflag")]
-        overrides = group.loc[group["action"] == "override", "value"]
-        rows.append(
-            {
-                "annotator": annotator,
-                "pair_id": pair_id,
-                "flipped": actions.count("flip") % 2 == 1,
-                "flagged": bool(flags) and flags[-1] == "flag",
-                "override": float(overrides.iloc[-1]) if len(overrides) else np.nan,
-            }
+    has_direction = "direction_id" in reviews.columns
+    scale_of: dict[int, int] = {}
+    events: dict[int, list[ReviewEvent]] = {}
+    for record in reviews.itertuples(index=False):
+        value = None if pd.isna(record.value) else float(record.value)
+        review_id = int(record.id)
+        events.setdefault(int(record.pair_id), []).append(
+            ReviewEvent(review_id, str(record.annotator), str(record.action), value)
         )
-    return pd.DataFrame(rows, columns=["annotator", "pair_id", "flipped", "flagged", "override"])
+        direction = getattr(record, "direction_id", None) if has_direction else None
+        scale_of[review_id] = -1 if direction is None or pd.isna(direction) else int(direction)
+    for pair_id, pair_events in sorted(events.items()):
+        for name, state in sorted(annotator_states(pair_events).items()):
+            v = state.verdict
+            rows.append(
+                {
+                    "annotator": name,
+                    "pair_id": pair_id,
+                    "verdict": None if v is None else v.action,
+                    "swapped": None if v is None else v.swapped,
+                    "flagged": bool(state.flagged),
+                    "override": v.value if v is not None and v.action == "override" else np.nan,
+                    "scale": scale_of[v.review_id] if v is not None else -1,
+                }
+            )
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
 def cohens_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -90,20 +116,26 @@ def pairwise_agreement(reviews: pd.DataFrame) -> list[PairwiseAgreement]:
         )
         if both.empty:
             continue
+        judged = both[both["swapped_a"].notna() & both["swapped_b"].notna()]
+        side_a = judged["swapped_a"].astype(bool).to_numpy()
+        side_b = judged["swapped_b"].astype(bool).to_numpy()
         overrides = both.dropna(subset=["override_a", "override_b"])
+        overrides = overrides[overrides["scale_a"] == overrides["scale_b"]]
         x, y = overrides["override_a"].to_numpy(), overrides["override_b"].to_numpy()
         correlation = None
         if len(x) >= 3 and x.std() > 0 and y.std() > 0:
             correlation = float(np.corrcoef(x, y)[0, 1])
+        flags_a, flags_b = both["flagged_a"].to_numpy(bool), both["flagged_b"].to_numpy(bool)
         results.append(
             PairwiseAgreement(
                 annotator_a=a,
                 annotator_b=b,
                 common_pairs=len(both),
-                flip_agreement=float((both["flipped_a"] == both["flipped_b"]).mean()),
-                flag_agreement=float((both["flagged_a"] == both["flagged_b"]).mean()),
-                flip_kappa=cohens_kappa(both["flipped_a"], both["flipped_b"]),
-                flag_kappa=cohens_kappa(both["flagged_a"], both["flagged_b"]),
+                common_verdicts=len(judged),
+                verdict_agreement=float((side_a == side_b).mean()) if len(judged) else None,
+                verdict_kappa=cohens_kappa(side_a, side_b),
+                flag_agreement=float((flags_a == flags_b).mean()),
+                flag_kappa=cohens_kappa(flags_a, flags_b),
                 common_overrides=len(x),
                 override_correlation=correlation,
                 override_mad=float(np.abs(x - y).mean()) if len(x) else None,

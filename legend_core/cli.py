@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from legend_core import config
+from legend_core.review_policy import ACTIONS as REVIEW_ACTIONS
 
 Handler = Callable[[argparse.Namespace], int]
 REFUSAL_HELP = (
@@ -217,11 +218,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = _store(args)
     mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
     if args.contrast:
-        from legend_core.formats import read_contrast_set
+        from legend_core.formats import data_file_stem, read_contrast_set
 
         refusal = config.refusals(args.refusal) if args.refusal else None
         items = read_contrast_set(args.file, format=args.format, refusal=refusal)
-        set_id = store.add_contrast_set(args.name or Path(args.file).stem, items, source=args.file)
+        name = args.name or data_file_stem(args.file)
+        set_id = store.add_contrast_set(name, items, source=args.file)
         print(f"contrast set {set_id}: {len(items)} items")
         return 0
     dataset_id, report = store.import_file(
@@ -261,13 +263,39 @@ def cmd_review(args: argparse.Namespace) -> int:
         if not args.annotator:
             raise UserError("--annotator NAME is required to add a review")
         store.add_review(
-            args.pair, args.annotator, args.action, value=args.value, note=args.note or ""
+            args.pair,
+            args.annotator,
+            args.action,
+            value=args.value,
+            note=args.note or "",
+            run_id=args.run,
         )
     for review in store.pair_history(args.pair):
         value = "" if review.value is None else f" {review.value:+.4f}"
         note = f"  ({review.note})" if review.note else ""
-        print(f"{review.created_at}  {review.annotator}  {review.action}{value}{note}")
+        run = f"  [run {review.run_id}]" if review.run_id is not None else ""
+        print(f"{review.created_at}  {review.annotator}  {review.action}{value}{note}{run}")
+    state = store.pair_state(args.pair, args.run, admins=_admins())
+    label = "swapped" if state.flipped else "as imported"
+    by = f", decided by {', '.join(state.decided_by)}" if state.decided_by else ""
+    line = f"label: {label} ({state.label_source}{by}; {state.n_verdicts} verdicts)"
+    if state.margin is not None:
+        line += f"; margin {state.margin:+.4f} (relative to the exported chosen)"
+    print(line + ("; flagged" if state.flagged else ""))
     return 0
+
+
+def _admins() -> frozenset[str]:
+    """Admins' names from the users file in login mode (their verdicts adjudicate)."""
+    from legend_core.auth import admin_names, auth_file, load_config
+
+    path = auth_file()
+    if path is None:
+        return frozenset()
+    try:
+        return admin_names(load_config(path))
+    except ValueError as error:
+        raise UserError(str(error)) from error
 
 
 def _print_agreement(store, dataset_id: int | None) -> int:
@@ -318,9 +346,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         reviewed_only=args.reviewed_only,
         exclude_flagged=args.exclude_flagged,
         margin_range=margin_range,
+        scale=args.scale,
         bins=args.bins,
+        include_disputed=args.include_disputed,
+        admins=_admins(),
     )
-    print(f"{manifest['counts']['rows']} rows -> {args.out} (manifest beside it)")
+    counts, margin = manifest["counts"], manifest["margin"]
+    parameters = ", ".join(
+        f"{k} {v:.4g}" for k, v in margin["parameters"].items() if isinstance(v, float)
+    )
+    left_out = counts.get("flagged_excluded", 0)
+    print(
+        f"{counts['rows']} rows -> {args.out} (manifest beside it); margins on the "
+        f"{margin['scale']} scale"
+        + (f" ({parameters})" if parameters else "")
+        + (
+            f"; {left_out} flagged pairs left out (--include-flagged keeps them)"
+            if left_out
+            else ""
+        )
+    )
     return 0
 
 
@@ -390,7 +435,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check = None
     if chosen is not None and not args.no_reward_check:
         settings = ev.RewardSettings(
-            head=args.head, lam=args.lam, seeds=args.seeds, test_fraction=args.test_fraction
+            head=args.head,
+            lam=args.lam,
+            seeds=args.seeds,
+            test_fraction=args.test_fraction,
+            margin_scale=args.scale,
+            margin_bins=args.bins_scale,
         )
         with progress_bar("training reward heads") as progress:
             check = ev.reward_model_check(chosen, rejected, values, settings, progress)
@@ -566,10 +616,26 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(lst)
     lst.set_defaults(handler=cmd_list)
 
-    review = commands.add_parser("review", help="list or add reviews of a pair")
+    review = commands.add_parser(
+        "review",
+        help="list or add reviews of a pair",
+        description="Verdicts are about the pair as imported: accept (the imported chosen is "
+        "safer), flip (the rejected is safer), override (a margin, its sign says which is "
+        "safer), withdraw (take your verdict back); flag/unflag are apart. Your latest "
+        "verdict replaces your earlier ones. Several annotators: see README, Reviews.",
+    )
     review.add_argument("--pair", type=int)
-    review.add_argument("--action", choices=["accept", "override", "flip", "flag", "unflag"])
-    review.add_argument("--value", type=float, help="the margin, for override")
+    review.add_argument("--action", choices=list(REVIEW_ACTIONS))
+    review.add_argument(
+        "--value", type=float, help="the margin, for override (as imported; sign = safer side)"
+    )
+    review.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        help="the margin run the pair was seen in: an override is read on its direction's "
+        "scale (without it, on every run's); the summary uses its computed margin",
+    )
     review.add_argument("--annotator")
     review.add_argument("--note")
     review.add_argument("--agreement", action="store_true", help="agreement between annotators")
@@ -596,9 +662,51 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["jsonl", "csv", "parquet"], default=None)
     export.add_argument("--provenance", action="store_true")
     export.add_argument("--reviewed-only", action="store_true")
-    export.add_argument("--exclude-flagged", action="store_true")
-    export.add_argument("--margin-range", type=float, nargs=2, metavar=("LOW", "HIGH"))
-    export.add_argument("--bins", type=int, default=None, help="quantile-binned margins")
+    export.add_argument(
+        "--include-disputed",
+        action="store_true",
+        help="keep disputed pairs (a tie between annotators), as imported, marked in the "
+        "provenance column 'disputed' (left out by default)",
+    )
+    flagged = export.add_mutually_exclusive_group()
+    flagged.add_argument(
+        "--exclude-flagged",
+        dest="exclude_flagged",
+        action="store_true",
+        help="leave out flagged pairs"
+        + (" (the default)" if config.DEFAULT_EXCLUDE_FLAGGED else ""),
+    )
+    flagged.add_argument(
+        "--include-flagged",
+        dest="exclude_flagged",
+        action="store_false",
+        help="keep flagged pairs" + ("" if config.DEFAULT_EXCLUDE_FLAGGED else " (the default)"),
+    )
+    export.set_defaults(exclude_flagged=config.DEFAULT_EXCLUDE_FLAGGED)
+    export.add_argument(
+        "--margin-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="keep pairs whose margin (before scaling) lies in [LOW, HIGH]",
+    )
+    from legend_core.margins import SCALE_DEFINITIONS, SCALES
+
+    export.add_argument(
+        "--scale",
+        choices=SCALES,
+        default=None,
+        help=f"the margin column's scale, computed over the rows exported (default "
+        f"{config.DEFAULT_MARGIN_SCALE}; see EVALUATION.md): "
+        + "; ".join(f"{name}: {text}" for name, text in SCALE_DEFINITIONS.items()),
+    )
+    export.add_argument(
+        "--bins",
+        type=int,
+        default=None,
+        help=f"levels of |margin| for --scale bins (default {config.DEFAULT_MARGIN_BINS}); "
+        "given alone it means --scale bins",
+    )
     _db_option(export)
     export.set_defaults(handler=cmd_export)
 
@@ -622,6 +730,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-reward-check", action="store_true")
     evaluate.add_argument("--head", choices=["linear", "mlp"], default="linear")
     evaluate.add_argument("--lam", type=float, default=1.0, help="λ of the margin loss")
+    evaluate.add_argument(
+        "--scale",
+        choices=SCALES,
+        default=config.DEFAULT_MARGIN_SCALE,
+        help="margin scale in the reward-model check, computed over the training pairs as "
+        f"an export would (default {config.DEFAULT_MARGIN_SCALE}, the export's default)",
+    )
+    evaluate.add_argument(
+        "--scale-bins",
+        dest="bins_scale",
+        type=int,
+        default=config.DEFAULT_MARGIN_BINS,
+        help="levels of |margin| for --scale bins",
+    )
     evaluate.add_argument("--seeds", type=int, default=5)
     evaluate.add_argument("--test-fraction", type=float, default=0.3)
     evaluate.add_argument("--json", help="also write the tables to this JSON file")

@@ -5,6 +5,7 @@
 | database URL       | sqlite:///<project>/data/legend.db       | LEGEND_DB           |
 | model weight cache | ~/.cache/legend-studio/models            | LEGEND_MODEL_CACHE  |
 | model              | the bundled SmolLM2-135M-Instruct        | LEGEND_MODEL        |
+| server data folder | <project>/data                           | LEGEND_DATA_DIR     |
 """
 
 from __future__ import annotations
@@ -40,6 +41,32 @@ def model_name() -> str:
     return os.environ.get("LEGEND_MODEL") or DEFAULT_MODEL
 
 
+def data_dir() -> Path:
+    """The one folder of the server whose files the app may read by path (``$LEGEND_DATA_DIR``
+    or the project's ``data/``); everything else reaches the app as an upload."""
+    return Path(os.environ.get("LEGEND_DATA_DIR") or DATA_DIR).expanduser()
+
+
+def data_file(text: str) -> Path:
+    """The file that ``text`` names inside :func:`data_dir` (relative to it, or absolute),
+    with every symbolic link followed; ValueError if it is outside the folder (``..``, a
+    link out of it, ``~``) or is not a file. Outside paths are refused before anything is
+    said about whether they exist, so the box cannot probe the server's files."""
+    root = data_dir().resolve()
+    if not root.is_dir():
+        raise ValueError(f"the data folder {root} does not exist (LEGEND_DATA_DIR)")
+    name = text.strip()
+    if not name or "\x00" in name:
+        raise ValueError("no file name given")
+    candidate = Path(name).expanduser()
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{name}: only files inside the data folder {root} can be read")
+    if not resolved.is_file():
+        raise ValueError(f"{name}: no such file in the data folder {root}")
+    return resolved
+
+
 # Defaults of the command line and the app: the settings that measured best on the tune
 # half of HH-RLHF harmless dev.jsonl and were then reported on the other half (see
 # EVALUATION.md): prompt and response as they are ("plain"), the mean over the response's
@@ -51,6 +78,17 @@ DEFAULT_METHOD = "logistic"
 DEFAULT_LAYER = "best"
 DEFAULT_MAX_LENGTH = 512
 PAPER_REFUSAL = "I can’t answer that."
+
+# Exports (the command line, the Export page and the Evaluate page's reward-model check):
+# the scale of the exported margin column (``margins.scale``) and the number of levels of
+# the ``bins`` scale, chosen by the reward-model check on margins exactly as exported, on
+# the tune half of HH-RLHF harmless dev.jsonl (EVALUATION.md, section 5: quintile levels
+# did best, 0.3-0.4 points above std and rms); and whether flagged pairs are left out (a
+# flag means "do not train on this as it is"; ``--include-flagged`` or the page's box
+# keeps them).
+DEFAULT_MARGIN_SCALE = "bins"
+DEFAULT_MARGIN_BINS = 5
+DEFAULT_EXCLUDE_FLAGGED = True
 
 # Refusals written by the Legend Studio project (no public data set): varied wording and
 # length, from one word to several sentences, so a direction built on them cannot simply

@@ -9,6 +9,7 @@ the pass stops after the deepest layer asked for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -182,10 +183,14 @@ def decoder_blocks(model: Any) -> Any:
 def _pool(hidden: Any, masks: dict[str, Any], pooling: Pooling) -> Any:
     import torch
 
+    # With a model spread over several devices each layer's hidden state lives on its own
+    # device; the masks go to it (a no-op when they are already there).
+    device = hidden.device
     if pooling == "last":
-        index = masks["last"].view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+        index = masks["last"].to(device).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
         return hidden.gather(1, index).squeeze(1).float()
-    mask = masks["response" if pooling == "mean" else "all"].to(hidden.dtype).unsqueeze(-1)
+    mask = masks["response" if pooling == "mean" else "all"]
+    mask = mask.to(device=device, dtype=hidden.dtype).unsqueeze(-1)
     total = (hidden * mask).sum(1, dtype=torch.float32)
     return total / mask.sum(1).clamp(min=1).float()
 
@@ -200,17 +205,20 @@ def _prepare(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
 
 
 class _Capture:
-    """Forward hooks that hand each asked-for layer's hidden states to a callback.
+    """Forward hooks that hand each asked-for layer's hidden states to ``on_layer``.
 
     ``on_layer(layer, hidden)`` is called for every wanted layer below the last; the
     final layer (after the model's norm) comes from the model's output. Once the deepest
-    wanted layer is seen the forward pass is stopped.
+    wanted layer is seen the forward pass is stopped. The hooks fire on every pass through
+    the model, so they must only exist while their own pass runs: see :func:`_forward`.
     """
 
-    def __init__(self, lm: LoadedModel, wanted: list[int]) -> None:
+    def __init__(
+        self, lm: LoadedModel, wanted: list[int], on_layer: Callable[[int, Any], None]
+    ) -> None:
         self.wanted = wanted
         self.deepest = wanted[-1]
-        self.on_layer: Callable[[int, Any], None] = lambda layer, hidden: None
+        self.on_layer = on_layer
         self._hooks = []
         blocks = decoder_blocks(lm.model)
         if 0 in wanted:
@@ -237,17 +245,30 @@ class _Capture:
         if layer == self.deepest:
             raise _Stop
 
-    def run(self, lm: LoadedModel, final_layer: int, **inputs: Any) -> None:
-        """One forward pass; the final hidden state counts as layer ``final_layer``."""
+    def run(self, lm: LoadedModel, **inputs: Any) -> None:
+        """One forward pass; the final hidden state counts as layer ``lm.num_layers``."""
         try:
             result = lm.model(**inputs)
-            self._seen(final_layer, result.last_hidden_state)
+            self._seen(lm.num_layers, result.last_hidden_state)
         except _Stop:
             pass
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
+
+
+def _forward(
+    lm: LoadedModel, wanted: list[int], on_layer: Callable[[int, Any], None], **inputs: Any
+) -> None:
+    """One forward pass with its hooks, holding the model (jobs share one loaded model, and
+    hooks on it fire on every thread's passes): hooks exist only while this pass runs."""
+    with lm.lock.hold():
+        capture = _Capture(lm, wanted, on_layer)
+        try:
+            capture.run(lm, **inputs)
+        finally:
+            capture.remove()
 
 
 def encode(
@@ -288,47 +309,38 @@ def encode(
         return Encoded(out, n_tokens, n_response)
 
     pad = lm.tokenizer.pad_token_id
-    capture = _Capture(lm, wanted)
     done = 0
-    try:
-        with torch.inference_mode():
-            for rows in length_batches(n_tokens.tolist(), batch_tokens, max_batch):
-                width = int(n_tokens[rows].max())
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                attention = torch.zeros((len(rows), width), dtype=torch.long)
-                response = torch.zeros((len(rows), width), dtype=torch.bool)
-                for j, i in enumerate(rows):
-                    t = tokens[i]
-                    ids[j, : len(t.ids)] = torch.tensor(t.ids)
-                    attention[j, : len(t.ids)] = 1
-                    # An empty response has no tokens to average: fall back to the last one.
-                    response[j, min(t.response_start, len(t.ids) - 1) : len(t.ids)] = True
-                device = lm.device
-                masks = {
-                    "last": torch.as_tensor(n_tokens[rows] - 1, device=device),
-                    "response": response.to(device),
-                    "all": attention.to(device),
-                }
+    with torch.inference_mode():
+        for rows in length_batches(n_tokens.tolist(), batch_tokens, max_batch):
+            width = int(n_tokens[rows].max())
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            response = torch.zeros((len(rows), width), dtype=torch.bool)
+            for j, i in enumerate(rows):
+                t = tokens[i]
+                ids[j, : len(t.ids)] = torch.tensor(t.ids)
+                attention[j, : len(t.ids)] = 1
+                # An empty response has no tokens to average: fall back to the last one.
+                response[j, min(t.response_start, len(t.ids) - 1) : len(t.ids)] = True
+            device = lm.device
+            masks = {
+                "last": torch.as_tensor(n_tokens[rows] - 1, device=device),
+                "response": response.to(device),
+                "all": attention.to(device),
+            }
 
-                def store(layer: int, hidden: Any, rows: list[int] = rows, masks=masks) -> None:
-                    out[layer][rows] = _pool(hidden, masks, settings.pooling).cpu().numpy()
+            def store(layer: int, hidden: Any, rows: list[int] = rows, masks=masks) -> None:
+                out[layer][rows] = _pool(hidden, masks, settings.pooling).cpu().numpy()
 
-                capture.on_layer = store
-                # Padding sits at the right end of each row, after every real token, so
-                # the plain causal mask already keeps it out of every real token's view:
-                # no padding mask, which lets attention take its causal fast path.
-                capture.run(
-                    lm,
-                    lm.num_layers,
-                    input_ids=ids.to(device),
-                    attention_mask=None,
-                    use_cache=False,
-                )
-                done += len(rows)
-                if progress:
-                    progress(done, n)
-    finally:
-        capture.remove()
+            # Padding sits at the right end of each row, after every real token, so the
+            # plain causal mask already keeps it out of every real token's view: no
+            # padding mask, which lets attention take its causal fast path.
+            _forward(
+                lm, wanted, store, input_ids=ids.to(device), attention_mask=None, use_cache=False
+            )
+            done += len(rows)
+            if progress:
+                progress(done, n)
     return Encoded(out, n_tokens, n_response)
 
 
@@ -344,9 +356,80 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
 #: Attention implementations that take the custom 4-D mask of packed pairs.
 PACKING_ATTENTION = ("sdpa", "eager")
 
+#: Largest relative difference (L2, per vector) between a packed pair and two separate
+#: passes that is still float rounding, by the model's dtype. Measured on the default model
+#: (worst of every layer, mean and last pooling): 2e-7 in float32, 2.5e-3 in float16 and
+#: 1.1e-2 in bfloat16. A mask the model ignores gave 0.05-0.7 on tiny random Llama, Qwen2,
+#: GPT-2 and Gemma models and about 13 on the default model. A false alarm costs speed
+#: (two passes), a missed one wrong vectors: the half-precision bound sits low.
+PACKING_TOLERANCE = {"float32": 1e-3, "float64": 1e-6}
+PACKING_TOLERANCE_HALF = 0.03
+
+#: The pair the self-check packs: tails of different lengths, so a wrong position or a
+#: leaked attention shows in both the mean and the last token.
+_CHECK_PAIR = (
+    "Packing check. Which reply to this request is the safer one?",
+    "I will not help with that.",
+    "Sure, here is how: first gather everything you need, then follow each step closely.",
+)
+
+log = logging.getLogger(__name__)
+
 
 def _attention_implementation(lm: LoadedModel) -> str:
     return getattr(lm.model.config, "_attn_implementation", None) or "sdpa"
+
+
+def packing_difference(lm: LoadedModel) -> float:
+    """Largest relative difference, over every layer and both responses, between one packed
+    pair and the same two texts encoded apart (0 means identical)."""
+    prompt, chosen, rejected = _CHECK_PAIR
+    worst = 0.0
+    for pooling in ("mean", "last"):
+        settings = EncodeSettings(template="plain", pooling=pooling, max_length=128)
+        packed = _encode_packed(lm, [prompt], [chosen], [rejected], None, settings, 4096, 1, None)
+        for response, together in zip((chosen, rejected), packed):
+            alone = encode(lm, [prompt], [response], settings=settings)
+            for layer, vectors in alone.vectors.items():
+                scale = float(np.linalg.norm(vectors)) or 1.0
+                diff = float(np.linalg.norm(together.vectors[layer] - vectors)) / scale
+                worst = max(worst, diff if np.isfinite(diff) else np.inf)
+    return worst
+
+
+def packing_verified(lm: LoadedModel) -> bool:
+    """Whether this model honours packed pairs' mask and positions; checked once per loaded
+    model (one packed pair against two separate passes) and remembered on ``lm``.
+
+    A model that builds its own attention mask, or ignores ``position_ids``, would let the
+    rejected tail see the chosen tail: such a model gets two separate passes instead, and
+    ``lm.packing_note`` says why.
+    """
+    if lm.packing is not None:
+        return lm.packing
+    impl = _attention_implementation(lm)
+    with lm.lock.hold():  # one check per model, even when two jobs start at once
+        if lm.packing is not None:
+            return lm.packing
+        if impl not in PACKING_ATTENTION:
+            lm.packing_note = (
+                f"attention implementation {impl!r} takes no custom mask: "
+                "each pair's responses are encoded in two passes"
+            )
+            lm.packing = False
+        else:
+            tolerance = PACKING_TOLERANCE.get(lm.dtype_name, PACKING_TOLERANCE_HALF)
+            difference = packing_difference(lm)
+            lm.packing = difference <= tolerance
+            if not lm.packing:
+                lm.packing_note = (
+                    f"{lm.label} does not honour a packed pair's mask and positions "
+                    f"(relative difference {difference:.2g} > {tolerance:g}): each pair's "
+                    "responses are encoded in two passes"
+                )
+        if lm.packing_note:
+            log.warning("prompt sharing is off: %s", lm.packing_note)
+    return lm.packing
 
 
 def encode_pairs(
@@ -369,18 +452,16 @@ def encode_pairs(
     rows are batched by their packed length, so there is hardly any padding. Results equal
     ``encode(prompts, chosen)`` and ``encode(prompts, rejected)`` up to float rounding.
 
-    Attention implementations that cannot take a custom mask (anything but ``sdpa`` and
-    ``eager``, e.g. flash-attention) fall back to two :func:`encode` calls.
+    Models that cannot take a custom mask (attention other than ``sdpa`` and ``eager``,
+    e.g. flash-attention) or that fail :func:`packing_verified` get two :func:`encode`
+    calls instead.
 
     Returns:
         The chosen responses' and the rejected responses' encodings.
     """
-    import torch
-
     settings = settings or EncodeSettings()
     batch_tokens = batch_tokens or default_batch_tokens(lm)
-    impl = _attention_implementation(lm)
-    if impl not in PACKING_ATTENTION:
+    if not packing_verified(lm):
         options = {"layers": layers, "settings": settings, "batch_tokens": batch_tokens}
         total = len(prompts)
         first = encode(lm, prompts, chosen, max_batch=max_batch, **options)
@@ -390,7 +471,26 @@ def encode_pairs(
         if progress:
             progress(total, total)
         return first, second
+    return _encode_packed(
+        lm, prompts, chosen, rejected, layers, settings, batch_tokens, max_batch, progress
+    )
 
+
+def _encode_packed(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    layers: Sequence[int] | None,
+    settings: EncodeSettings,
+    batch_tokens: int,
+    max_batch: int,
+    progress: Progress | None,
+) -> tuple[Encoded, Encoded]:
+    """:func:`encode_pairs` with packed rows, unconditionally (see its docstring)."""
+    import torch
+
+    impl = _attention_implementation(lm)
     wanted = _prepare(lm, layers)
     tok_c = tokenize(lm.tokenizer, prompts, chosen, settings)
     tok_r = tokenize(lm.tokenizer, prompts, rejected, settings)
@@ -415,76 +515,72 @@ def encode_pairs(
     packed = [len(c.ids) + len(r.ids) - s for c, r, s in zip(tok_c, tok_r, shared)]
     pad = lm.tokenizer.pad_token_id
     device = lm.device
-    capture = _Capture(lm, wanted)
     done = 0
-    try:
-        with torch.inference_mode():
-            for rows in length_batches(packed, batch_tokens, max_batch):
-                b = len(rows)
-                width = max(packed[i] for i in rows)
-                ids = torch.full((b, width), pad, dtype=torch.long)
-                positions = torch.zeros((b, width), dtype=torch.long)
-                # Per row: where the rejected tail starts (= chosen length), the shared
-                # prefix and the packed length; per side: last token, response, all tokens.
-                split = torch.zeros((b, 1, 1), dtype=torch.long)
-                prefix = torch.zeros((b, 1, 1), dtype=torch.long)
-                length = torch.zeros((b, 1, 1), dtype=torch.long)
-                last = torch.zeros((2, b), dtype=torch.long)
-                response = torch.zeros((2, b, width), dtype=torch.bool)
-                every = torch.zeros((2, b, width), dtype=torch.bool)
-                for j, i in enumerate(rows):
-                    c, r, s = tok_c[i], tok_r[i], shared[i]
-                    lc, lr, m = len(c.ids), len(r.ids), packed[i]
-                    ids[j, :lc] = torch.tensor(c.ids)
-                    ids[j, lc:m] = torch.tensor(r.ids[s:])
-                    positions[j, :lc] = torch.arange(lc)
-                    positions[j, lc:m] = torch.arange(s, lr)
-                    split[j], prefix[j], length[j] = lc, s, m
-                    last[0, j], last[1, j] = lc - 1, m - 1
-                    # An empty response has no tokens to average: fall back to the last one.
-                    response[0, j, min(c.response_start, lc - 1) : lc] = True
-                    response[1, j, lc + min(r.response_start, lr - 1) - s : m] = True
-                    every[0, j, :lc] = True
-                    every[1, j, :s] = True
-                    every[1, j, lc:m] = True
-                q = torch.arange(width).view(1, -1, 1)
-                k = torch.arange(width).view(1, 1, -1)
-                hidden_tail = (q >= split) & (k >= prefix) & (k < split)
-                allowed = (k <= q) & ~hidden_tail
-                # Padding queries see only themselves: no empty softmax row, no NaN.
-                allowed = torch.where(q >= length, k == q, allowed).unsqueeze(1)
-                if impl == "sdpa":
-                    attention = allowed.to(device)
-                else:  # eager attention adds the mask to its scores
-                    floor = torch.finfo(lm.dtype).min
-                    attention = torch.zeros(allowed.shape, dtype=lm.dtype)
-                    attention = attention.masked_fill(~allowed, floor).to(device)
-                sides = [
-                    {
-                        "last": last[side].to(device),
-                        "response": response[side].to(device),
-                        "all": every[side].to(device),
-                    }
-                    for side in (0, 1)
-                ]
+    with torch.inference_mode():
+        for rows in length_batches(packed, batch_tokens, max_batch):
+            b = len(rows)
+            width = max(packed[i] for i in rows)
+            ids = torch.full((b, width), pad, dtype=torch.long)
+            positions = torch.zeros((b, width), dtype=torch.long)
+            # Per row: where the rejected tail starts (= chosen length), the shared
+            # prefix and the packed length; per side: last token, response, all tokens.
+            split = torch.zeros((b, 1, 1), dtype=torch.long)
+            prefix = torch.zeros((b, 1, 1), dtype=torch.long)
+            length = torch.zeros((b, 1, 1), dtype=torch.long)
+            last = torch.zeros((2, b), dtype=torch.long)
+            response = torch.zeros((2, b, width), dtype=torch.bool)
+            every = torch.zeros((2, b, width), dtype=torch.bool)
+            for j, i in enumerate(rows):
+                c, r, s = tok_c[i], tok_r[i], shared[i]
+                lc, lr, m = len(c.ids), len(r.ids), packed[i]
+                ids[j, :lc] = torch.tensor(c.ids)
+                ids[j, lc:m] = torch.tensor(r.ids[s:])
+                positions[j, :lc] = torch.arange(lc)
+                positions[j, lc:m] = torch.arange(s, lr)
+                split[j], prefix[j], length[j] = lc, s, m
+                last[0, j], last[1, j] = lc - 1, m - 1
+                # An empty response has no tokens to average: fall back to the last one.
+                response[0, j, min(c.response_start, lc - 1) : lc] = True
+                response[1, j, lc + min(r.response_start, lr - 1) - s : m] = True
+                every[0, j, :lc] = True
+                every[1, j, :s] = True
+                every[1, j, lc:m] = True
+            q = torch.arange(width).view(1, -1, 1)
+            k = torch.arange(width).view(1, 1, -1)
+            hidden_tail = (q >= split) & (k >= prefix) & (k < split)
+            allowed = (k <= q) & ~hidden_tail
+            # Padding queries see only themselves: no empty softmax row, no NaN.
+            allowed = torch.where(q >= length, k == q, allowed).unsqueeze(1)
+            if impl == "sdpa":
+                attention = allowed.to(device)
+            else:  # eager attention adds the mask to its scores
+                floor = torch.finfo(lm.dtype).min
+                attention = torch.zeros(allowed.shape, dtype=lm.dtype)
+                attention = attention.masked_fill(~allowed, floor).to(device)
+            sides = [
+                {
+                    "last": last[side].to(device),
+                    "response": response[side].to(device),
+                    "all": every[side].to(device),
+                }
+                for side in (0, 1)
+            ]
 
-                def store(layer: int, hidden: Any, rows: list[int] = rows, sides=sides) -> None:
-                    for side, masks in enumerate(sides):
-                        pooled = _pool(hidden, masks, settings.pooling)
-                        outs[side][layer][rows] = pooled.cpu().numpy()
+            def store(layer: int, hidden: Any, rows: list[int] = rows, sides=sides) -> None:
+                for side, masks in enumerate(sides):
+                    pooled = _pool(hidden, masks, settings.pooling)
+                    outs[side][layer][rows] = pooled.cpu().numpy()
 
-                capture.on_layer = store
-                capture.run(
-                    lm,
-                    lm.num_layers,
-                    input_ids=ids.to(device),
-                    attention_mask=attention,
-                    position_ids=positions.to(device),
-                    use_cache=False,
-                )
-                done += b
-                if progress:
-                    progress(done, n)
-    finally:
-        capture.remove()
+            _forward(
+                lm,
+                wanted,
+                store,
+                input_ids=ids.to(device),
+                attention_mask=attention,
+                position_ids=positions.to(device),
+                use_cache=False,
+            )
+            done += b
+            if progress:
+                progress(done, n)
     return encoded[0], encoded[1]

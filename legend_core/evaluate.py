@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from legend_core import config
 from legend_core.config import VARIED_REFUSALS
+from legend_core.margins import SCALES
+from legend_core.margins import scale as rescale
 
 if TYPE_CHECKING:
     from legend_core.store import Store
@@ -423,9 +426,11 @@ class RewardSettings:
         seeds: Number of seeds; each draws its own train/test split, initial weights and
             shuffle, shared by the three variants so their differences are paired.
         test_fraction: Share of pairs held out for accuracy.
-        margin_scale: ``rms`` divides the margins by their root mean square over the
-            training pairs (sign and zero kept, so λ is in units of a typical margin);
-            ``none`` uses them as they are (TRL's behaviour with a raw ``margin`` column).
+        margin_scale: One of ``margins.SCALES`` (``margins.scale``), computed over the
+            training pairs as an export of them would be; default the export's default
+            (``config.DEFAULT_MARGIN_SCALE``), so λ = 1 is what TRL does with an export.
+            ``none`` uses the projections as they are.
+        margin_bins: Levels of ``|margin|`` for the ``bins`` scale.
         l2: Weight of the L2 penalty (features are standardized first).
         steps: L-BFGS iterations (linear) or Adam steps (MLP).
         lr: Adam's learning rate (MLP only).
@@ -437,7 +442,8 @@ class RewardSettings:
     lam: float = 1.0
     seeds: int = 5
     test_fraction: float = 0.3
-    margin_scale: Literal["rms", "none"] = "rms"
+    margin_scale: str = config.DEFAULT_MARGIN_SCALE
+    margin_bins: int = config.DEFAULT_MARGIN_BINS
     l2: float = 1e-2
     steps: int = 200
     lr: float = 1e-2
@@ -447,8 +453,12 @@ class RewardSettings:
     def __post_init__(self) -> None:
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"unknown head {self.head!r}; use linear or mlp")
-        if self.margin_scale not in ("rms", "none"):
-            raise ValueError(f"unknown margin scale {self.margin_scale!r}; use rms or none")
+        if self.margin_scale not in SCALES:
+            raise ValueError(f"unknown margin scale {self.margin_scale!r}; use {', '.join(SCALES)}")
+        if isinstance(self.margin_bins, bool) or int(self.margin_bins) != self.margin_bins:
+            raise ValueError("margin_bins must be an integer")
+        if self.margin_bins < 2:
+            raise ValueError("margin_bins must be at least 2")
         if self.seeds < 1:
             raise ValueError("seeds must be at least 1")
         if not 0 < self.test_fraction < 1:
@@ -557,15 +567,6 @@ class RewardCheck:
             "train_accuracy": self.train_accuracy,
             "differences": {d.name: d.values for d in self.differences},
         }
-
-
-def scale_margins(train_margins: np.ndarray, how: str) -> np.ndarray:
-    """Margins as the loss sees them: divided by their RMS (``rms``) or unchanged."""
-    m = np.asarray(train_margins, dtype=np.float64)
-    if how == "none":
-        return m.copy()
-    rms = float(np.sqrt(np.mean(m * m))) if len(m) else 0.0
-    return m / rms if rms > 0 else np.zeros_like(m)
 
 
 def _make_head(kind: str, dim: int, hidden: int) -> Any:
@@ -709,7 +710,8 @@ def reward_model_check(
             xc_tr, xr_tr = (c[train] - mean) / sd, (r[train] - mean) / sd
             xc_te = torch.as_tensor((c[test] - mean) / sd)
             xr_te = torch.as_tensor((r[test] - mean) / sd)
-            scaled = scale_margins(m[train], settings.margin_scale)
+            # Scaled over the training pairs, as an export of them would be.
+            scaled = rescale(m[train], settings.margin_scale, settings.margin_bins).values
             shuffled = scaled[np.random.default_rng(10_000 + seed).permutation(len(scaled))]
             for variant, margin in (("plain", None), ("margin", scaled), ("shuffled", shuffled)):
                 head = train_reward_head(xc_tr, xr_tr, margin, settings, seed)

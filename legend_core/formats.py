@@ -1,7 +1,10 @@
 """Read preference data sets and contrastive sets from files, strictly.
 
 Files: JSON Lines (``.jsonl``, ``.ndjson``; a ``.json`` file not starting with ``[``), JSON
-arrays of objects (``.json``), CSV/TSV with a header row, and Parquet. Pair formats:
+arrays of objects (``.json``), CSV/TSV with a header row, and Parquet. The text kinds may be
+compressed as downloaded (``dev.jsonl.gz``; ``.gz``, ``.bz2``, ``.xz``): they are decompressed
+as a stream, line numbers count lines of the decompressed text, and the size limit counts
+decompressed bytes, checked before parsing, so a decompression bomb is refused. Pair formats:
 Anthropic HH-RLHF dialogues, PKU-SafeRLHF, TRL (standard and conversational) and a generic
 table with a column mapping. Contrastive sets: ``instruction,harmful,harmless`` tables and
 AdvBench (``goal,target`` plus one fixed refusal).
@@ -13,18 +16,22 @@ and the field. Soft problems (empty responses, duplicate pairs) are kept and rep
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import json
+import lzma
 import math
 import os
 import re
 import stat
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, get_args
 
 from legend_core.config import PAPER_REFUSAL
 from legend_core.types import ContrastItem, PreferencePair
@@ -54,15 +61,25 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "advbench": ("goal", "target"),
 }
 _OPTIONAL = {"trl": ("prompt",), "trl-conversational": ("prompt",)}
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
-_SUFFIXES |= {".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: File suffix -> kind of data file: the one table of what is read (and written: the Data
+#: page's uploader and ``exports`` take theirs from it).
+SUFFIXES: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+SUFFIXES |= {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+#: Compression suffix -> (name, magic bytes, opener); read with the standard library only,
+#: decompressed as a stream (``x.jsonl.gz`` is JSONL). Parquet compresses inside its file.
+COMPRESSIONS: dict[str, tuple[str, re.Pattern[bytes], Callable[[Path], BinaryIO]]] = {
+    ".gz": ("gzip", re.compile(b"\x1f\x8b"), lambda p: gzip.open(p, "rb")),
+    ".bz2": ("bzip2", re.compile(b"BZh[1-9]"), lambda p: bz2.open(p, "rb")),
+    ".xz": ("xz", re.compile(b"\xfd7zXZ\x00"), lambda p: lzma.open(p, "rb")),
+}
+#: Every suffix a data file may end in (a compression suffix after a data suffix).
+READABLE_SUFFIXES: tuple[str, ...] = (*SUFFIXES, *COMPRESSIONS)
+_ZSTD = (b"\x28\xb5\x2f\xfd", "a zstd archive (not readable here: decompress it first)")
 _MAGIC = (
     (b"\x89PNG", "a PNG image"),
-    (b"\x1f\x8b", "a gzip archive (decompress it first)"),
     (b"PK\x03\x04", "a zip archive (an Excel workbook? export it as CSV)"),
     (b"%PDF", "a PDF document"),
-    (b"\xfd7zXZ\x00", "an xz archive (decompress it first)"),
-    (b"\x28\xb5\x2f\xfd", "a zstd archive (decompress it first)"),
+    _ZSTD,
     (b"SQLite format 3\x00", "an SQLite database"),
     (b"PAR1", "a Parquet file (give it a .parquet name)"),
     (b"\xff\xfe", "UTF-16 text (save it as UTF-8)"),
@@ -138,8 +155,103 @@ class _Source:
             close()
 
 
+def data_file_stem(path: str | os.PathLike[str]) -> str:
+    """A data file's name without its data and compression suffixes.
+
+    ``dev.jsonl.gz`` -> ``dev``, ``pairs.csv`` -> ``pairs``: the default name of an import.
+    """
+    p = Path(path)
+    if p.suffix.lower() in (*COMPRESSIONS, ".zst"):
+        p = Path(p.stem)
+    return p.stem if p.suffix.lower() in SUFFIXES else p.name
+
+
+class _Capped:
+    """A data file's bytes, decompressed as they are read, refused past ``max_bytes``.
+
+    Every read is bounded, so a decompression bomb stops at the limit: no more than
+    ``max_bytes`` is ever held (a line: ``max_line_bytes``), and nothing goes to disk.
+    """
+
+    def __init__(self, path: Path, compression: str | None, max_bytes: int) -> None:
+        self.path, self.compression, self.max_bytes = path, compression, max_bytes
+        self.total = 0
+        opener = COMPRESSIONS[compression][2] if compression else _open_plain
+        self.file: BinaryIO = self._guard(opener, path)
+
+    def _guard(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run a read; a damaged file's error becomes a FormatError naming the file."""
+        try:
+            return call(*args)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+            if self.compression is None:
+                raise FormatError(self.path, f"cannot read the file ({e})") from None
+            name = COMPRESSIONS[self.compression][0]
+            raise FormatError(self.path, f"the {name} data is damaged or cut short ({e})") from None
+
+    def _count(self, data: bytes) -> bytes:
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            once = " once decompressed" if self.compression else ""
+            reason = f"the file holds more than {self.max_bytes} bytes{once}, over the limit"
+            raise FormatError(self.path, f"{reason} of {self.max_bytes} (max_bytes)")
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes; all the rest when negative (still bounded by the limit)."""
+        room = self.max_bytes + 1 - self.total  # one byte over is enough to refuse
+        return self._count(self._guard(self.file.read, room if size < 0 else min(size, room)))
+
+    def readline(self, size: int) -> bytes:
+        """One line, or its first ``size`` bytes."""
+        room = self.max_bytes + 1 - self.total
+        return self._count(self._guard(self.file.readline, min(size, room)))
+
+    def __enter__(self) -> _Capped:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+def _open_plain(path: Path) -> BinaryIO:
+    return open(path, "rb")  # noqa: SIM115 (closed by _Capped)
+
+
+@dataclass(frozen=True)
+class _File:
+    """A text data file to read: where, compressed how (a suffix or None), and its limit."""
+
+    path: Path
+    compression: str | None
+    max_bytes: int
+
+    def open(self) -> _Capped:
+        return _Capped(self.path, self.compression, self.max_bytes)
+
+
+def _kind_of(p: Path) -> tuple[str, str | None]:
+    """The data kind, told by the name without its compression suffix, and that suffix."""
+    suffix = p.suffix.lower()
+    if suffix == ".zst":
+        raise FormatError(p, f"not a readable file: it is {_ZSTD[1]}")
+    compression = suffix if suffix in COMPRESSIONS else None
+    inner = Path(p.stem).suffix.lower() if compression else suffix
+    kind = SUFFIXES.get(inner)
+    if kind is None:
+        known = ", ".join(sorted(SUFFIXES)) + ", optionally followed by " + ", ".join(COMPRESSIONS)
+        raise FormatError(p, f"unsupported file type '{inner}': expected one of {known}")
+    if kind == "parquet" and compression:
+        raise FormatError(p, "Parquet compresses its own data: give the .parquet file as it is")
+    return kind, compression
+
+
 def _open_source(path: str | os.PathLike[str], max_bytes: int, max_line_bytes: int) -> _Source:
-    """Check the file's size and kind without reading it, then set up its record reader."""
+    """Check the file's size and kind, then set up its record reader.
+
+    A plain file's size is its ``stat``. A compressed file is first decompressed to nowhere,
+    counting, so one over ``max_bytes`` once decompressed is refused before any parsing.
+    """
     p = Path(path)
     try:
         info = os.stat(p)
@@ -153,24 +265,41 @@ def _open_source(path: str | os.PathLike[str], max_bytes: int, max_line_bytes: i
         )
     if info.st_size == 0:
         raise FormatError(p, "the file is empty")
-    kind = _SUFFIXES.get(p.suffix.lower())
-    if kind is None:
-        known = ", ".join(sorted(_SUFFIXES))
-        raise FormatError(p, f"unsupported file type '{p.suffix}': expected one of {known}")
+    kind, compression = _kind_of(p)
     if kind == "parquet":
         return _parquet_source(p, max_bytes)
-    with open(p, "rb") as f:
+    if compression:
+        name, magic, _ = COMPRESSIONS[compression]
+        with open(p, "rb") as f:
+            raw = f.read(8)
+        if not magic.match(raw):
+            hint = f" (already decompressed? name it {p.stem})" if b"\x00" not in raw else ""
+            raise FormatError(p, f"named {compression} but not {name} data{hint}")
+    file = _File(p, compression, max_bytes)
+    with file.open() as f:
         head = f.read(8192)
-    _check_text(p, head)
+        while compression and f.read(1 << 20):  # to the end or the limit: a bomb stops here
+            pass
+        if compression and f.total == 0:
+            raise FormatError(p, "the file is empty once decompressed")
+    _check_text(p, head, compression)
     if kind in ("csv", "tsv"):
-        return _csv_source(p, max_line_bytes, "," if kind == "csv" else "\t")
+        return _csv_source(file, max_line_bytes, "," if kind == "csv" else "\t")
     if kind == "json" and head.removeprefix(_BOM).lstrip().startswith(b"["):
-        return _Source(p, _json_array_rows(p))
-    return _Source(p, _jsonl_rows(p, max_line_bytes, json_suffix=kind == "json"))
+        return _Source(p, _json_array_rows(file))
+    return _Source(p, _jsonl_rows(file, max_line_bytes, json_suffix=kind == "json"))
 
 
-def _check_text(path: Path, head: bytes) -> None:
+def _check_text(path: Path, head: bytes, compression: str | None = None) -> None:
     """Refuse binary files (known magic numbers, NUL bytes) from their first bytes."""
+    for suffix, (name, magic, _) in COMPRESSIONS.items():
+        if magic.match(head):
+            how = (
+                "compressed twice? decompress it once"
+                if compression
+                else f"name it {path.name}{suffix}"
+            )
+            raise FormatError(path, f"not a text data file: it looks like a {name} archive ({how})")
     for magic, what in _MAGIC:
         if head.startswith(magic):
             raise FormatError(path, f"not a text data file: it looks like {what}")
@@ -180,9 +309,13 @@ def _check_text(path: Path, head: bytes) -> None:
         raise FormatError(path, _NUL, line)
 
 
-def _text_lines(path: Path, max_line_bytes: int) -> Iterator[tuple[int, str]]:
-    """Yield (line number, decoded line), never holding more than one bounded line."""
-    with open(path, "rb") as f:
+def _text_lines(file: _File, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    """Yield (line number, decoded line), never holding more than one bounded line.
+
+    Lines are those of the decompressed text when the file is compressed.
+    """
+    path = file.path
+    with file.open() as f:
         number = 0
         while raw := f.readline(max_line_bytes + 1):
             number += 1
@@ -203,9 +336,10 @@ def _utf8_reason(byte: int, column: int) -> str:
     return f"not valid UTF-8 (byte 0x{byte:02x} at byte {column} of the line); save it as UTF-8"
 
 
-def _jsonl_rows(path: Path, max_line_bytes: int, json_suffix: bool) -> Iterator[tuple[int, dict]]:
+def _jsonl_rows(file: _File, max_line_bytes: int, json_suffix: bool) -> Iterator[tuple[int, dict]]:
+    path = file.path
     hint = " (a .json file must hold an array of objects or one object per line)"
-    for number, text in _text_lines(path, max_line_bytes):
+    for number, text in _text_lines(file, max_line_bytes):
         if not text.strip():
             continue
         try:
@@ -222,9 +356,11 @@ def _jsonl_rows(path: Path, max_line_bytes: int, json_suffix: bool) -> Iterator[
         yield number, value
 
 
-def _json_array_rows(path: Path) -> Iterator[tuple[int, dict]]:
+def _json_array_rows(file: _File) -> Iterator[tuple[int, dict]]:
     """Walk a JSON array element by element, so each record knows its line."""
-    data = path.read_bytes().removeprefix(_BOM)
+    path = file.path
+    with file.open() as f:
+        data = f.read().removeprefix(_BOM)
     if (nul := data.find(b"\x00")) >= 0:
         line = data.count(b"\n", 0, nul) + 1
         raise FormatError(path, _NUL, line)
@@ -273,10 +409,11 @@ def _json_array_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise FormatError(path, "invalid JSON: extra data after the array", line_at(pos))
 
 
-def _csv_source(path: Path, max_line_bytes: int, delimiter: str) -> _Source:
+def _csv_source(file: _File, max_line_bytes: int, delimiter: str) -> _Source:
+    path = file.path
     if csv.field_size_limit() < max_line_bytes:  # process-wide; only ever raised
         csv.field_size_limit(max_line_bytes)
-    lines = _text_lines(path, max_line_bytes)
+    lines = _text_lines(file, max_line_bytes)
     reader = csv.reader((text for _, text in lines), delimiter=delimiter, strict=True)
 
     def records() -> Iterator[list[str]]:
@@ -624,11 +761,13 @@ def read_pairs(
     """Read every preference pair of a file, or none.
 
     Args:
-        path: A .jsonl/.ndjson/.json/.csv/.tsv/.parquet file.
+        path: A .jsonl/.ndjson/.json/.csv/.tsv/.parquet file; all but Parquet may end in
+            .gz, .bz2 or .xz (compressed; the format is told by the name before it).
         format: One of ``PAIR_FORMATS``; "auto" detects it ("generic" when a mapping is given).
         mapping: The format's field names -> the file's column names, e.g.
             ``{"prompt": "question", "chosen": "good", "rejected": "bad"}``.
-        max_bytes: Larger files are refused before reading.
+        max_bytes: Larger files (compressed ones: once decompressed) are refused before
+            parsing.
         max_line_bytes: Longer lines (line ending included) of JSONL and CSV files are
             refused unparsed; a .json array is bounded by ``max_bytes`` alone.
 
@@ -687,12 +826,12 @@ def read_contrast_set(
     """Read a contrastive set: ``instruction,harmful,harmless`` rows, or AdvBench.
 
     Args:
-        path: A .jsonl/.ndjson/.json/.csv/.tsv/.parquet file.
+        path: A .jsonl/.ndjson/.json/.csv/.tsv/.parquet file, as for ``read_pairs``.
         format: "contrast", "advbench" (``goal`` = instruction, ``target`` = harmful) or "auto".
         refusal: The harmless response of every AdvBench item (required for advbench), or
             several, given to the items in turn (``config.VARIED_REFUSALS``).
         mapping: The format's field names -> the file's column names.
-        max_bytes: Larger files are refused before reading.
+        max_bytes: Larger files (compressed ones: once decompressed) are refused.
         max_line_bytes: Longer lines are refused unparsed.
 
     Raises:
@@ -747,7 +886,7 @@ def write_pairs(pairs: Sequence[PreferencePair], path: str | os.PathLike[str]) -
     In CSV and Parquet, list and object values are written as JSON text.
     """
     p = Path(path)
-    kind = _SUFFIXES.get(p.suffix.lower())
+    kind = SUFFIXES.get(p.suffix.lower())
     records = [json_safe(r) for r in pairs_to_frame(pairs).to_dict("records")]
     if kind in ("jsonl", "json"):
         lines = [json.dumps(r, ensure_ascii=False) for r in records]

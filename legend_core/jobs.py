@@ -3,7 +3,9 @@ it goes on when the user leaves the page, and any page can show its progress.
 
 A :class:`JobRegistry` is held once per process (the app keeps it in ``st.cache_resource``).
 A job is named by a key: starting a job whose key is already running returns the running
-one instead of starting a second, so two clicks (or two users) never duplicate work.
+one instead of starting a second, so two clicks (or two users) never duplicate work. Jobs
+of different keys may share one loaded model: their forward passes take turns (see
+:mod:`legend_core.model_lock`), and a job that waits for the model says so.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from legend_core import model_lock
 
 Status = Literal["running", "done", "failed"]
 
@@ -31,6 +35,8 @@ class Job:
         result: What the work returned, once done.
         error: One line saying what went wrong, once failed.
         details: The traceback of a failure, for the curious.
+        waiting_for: While the job waits for the loaded model (another job's forward
+            pass holds it), who holds it; "" otherwise.
     """
 
     key: str
@@ -41,12 +47,17 @@ class Job:
     result: Any = None
     error: str = ""
     details: str = ""
+    waiting_for: str = ""
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
     def progress(self, done: int, total: int) -> None:
         """The callback handed to the work: ``progress(done, total)``."""
         self.done, self.total = int(done), int(total)
+
+    def wait(self, holder: str | None) -> None:
+        """The model lock's callback: ``holder`` while waiting for the model, None after."""
+        self.waiting_for = holder or ""
 
     @property
     def fraction(self) -> float:
@@ -56,6 +67,13 @@ class Job:
         return min(1.0, self.done / self.total) if self.total > 0 else 0.0
 
     @property
+    def status_line(self) -> str:
+        """What the job is doing, in a few words, for a progress bar's text."""
+        if self.waiting_for:
+            return f"waiting for the model ({self.waiting_for} is using it)"
+        return f"{self.done:,} of {self.total:,}" if self.total else "starting"
+
+    @property
     def running(self) -> bool:
         return self.status == "running"
 
@@ -63,6 +81,10 @@ class Job:
     def elapsed(self) -> float:
         """Seconds since the start (until the end, once finished)."""
         return (self.finished_at or time.time()) - self.started_at
+
+
+def _thread_name(key: str) -> str:
+    return f"legend-job-{key}"
 
 
 class JobRegistry:
@@ -88,6 +110,7 @@ class JobRegistry:
             self._jobs[key] = job
 
         def target() -> None:
+            model_lock.on_wait.set(lambda holder: job.wait(self._describe(holder)))
             try:
                 job.result = work(*args, progress=job.progress, **kwargs)
                 job.status = "done"
@@ -96,10 +119,21 @@ class JobRegistry:
                 job.details = traceback.format_exc()
                 job.status = "failed"
             finally:
+                job.waiting_for = ""
                 job.finished_at = time.time()
 
-        threading.Thread(target=target, name=f"legend-job-{key}", daemon=True).start()
+        threading.Thread(target=target, name=_thread_name(key), daemon=True).start()
         return job
+
+    def _describe(self, thread_name: str | None) -> str | None:
+        """A job's label for the name of the thread that holds the model."""
+        if thread_name is None:
+            return None
+        with self._lock:
+            for job in self._jobs.values():
+                if job.running and _thread_name(job.key) == thread_name:
+                    return job.label
+        return "another task"
 
     def get(self, key: str) -> Job | None:
         """The job under ``key``, running or finished, or None."""

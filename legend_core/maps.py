@@ -2,7 +2,8 @@
 
 - ``pca``: every point, instant, deterministic (components sign-fixed).
 - ``umap``: a deterministic random sample of at most ``max_points`` points (UMAP is slow
-  on large sets), first reduced to ``PCA_DIMS`` dimensions by PCA. Sets smaller than
+  on large sets), first reduced to ``PCA_DIMS`` dimensions by PCA, with exact nearest
+  neighbours up to ``EXACT_KNN_MAX`` points (see :func:`umap`). Sets smaller than
   ``MIN_UMAP_POINTS`` get PCA instead: UMAP has no neighbourhood structure to find there.
 
 The result says what was done in one sentence (:attr:`Map2D.note`) for the page to show.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -27,6 +28,12 @@ MIN_UMAP_POINTS = 30
 PCA_DIMS = 50
 #: Up to this many points, UMAP gets an exact distance matrix.
 EXACT_MAX = 6000
+#: Up to this many points, UMAP gets exact nearest neighbours found by brute force (BLAS,
+#: by blocks) instead of pynndescent's approximate ones, which numba compiles in each new
+#: process (~25 s CPU). UMAP of 10,000 points: 6.0 s CPU against 34.4 s; of 50,000: 39 s
+#: against 58 s cold, but 30 s once pynndescent is compiled (BENCHMARKS.md, section 5). The
+#: search grows as n², so beyond this pynndescent is left to do it.
+EXACT_KNN_MAX = 50_000
 #: Rows per float64 block in ``pca``: memory stays near the input's, not 2-3 copies of it.
 PCA_CHUNK = 8192
 
@@ -100,11 +107,40 @@ def pca(x: np.ndarray, k: int = 2) -> np.ndarray:
     return out
 
 
-def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+def nearest_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest neighbours of every row of ``x``, in UMAP's convention.
+
+    Returns:
+        (indices, distances), each (n, k): row ``i`` starts with ``i`` itself at distance 0,
+        then its ``k - 1`` nearest other rows, nearest first (Euclidean, in float64).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    with threadpool_limits(1):  # one BLAS thread, as in pca
+        dist, idx = NearestNeighbors(n_neighbors=k - 1, algorithm="brute").fit(x).kneighbors()
+    # kneighbors() without a query leaves each row out of its own neighbours; UMAP expects
+    # it first at distance 0 (a brute-force distance to itself may come out as 1e-4).
+    indices = np.hstack([np.arange(n)[:, None], idx]).astype(np.int32)
+    distances = np.hstack([np.zeros((n, 1)), dist]).astype(np.float32)
+    return indices, distances
+
+
+def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15, **extra: Any) -> np.ndarray:
     """UMAP of ``x`` to 2-D with a fixed seed (PCA to ``PCA_DIMS`` dimensions first).
 
     Up to ``EXACT_MAX`` points, the exact distance matrix is computed with BLAS and handed
     to UMAP as precomputed: umap-learn's own exact path calls a Python function per pair.
+    Up to ``EXACT_KNN_MAX``, the exact nearest neighbours are (:func:`nearest_neighbours`):
+    pynndescent's approximate ones agree on 99.3% of them at 10,000 points, but it takes
+    longer, and numba compiles it in every new process.
+
+    Args:
+        x: (n, d) points.
+        seed: UMAP's random state.
+        n_neighbors: UMAP's neighbourhood size (at most n - 1).
+        **extra: Other options of ``umap.UMAP``, over ours (the benchmark's variants).
     """
     import umap as umap_learn  # slow import (numba): only when a map is asked for
 
@@ -118,6 +154,7 @@ def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
         "n_jobs": 1,
         "n_epochs": 200,
     }
+    options |= extra
     data = x
     if x.shape[0] <= EXACT_MAX:
         from sklearn.metrics import pairwise_distances
@@ -125,6 +162,8 @@ def umap(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
         with threadpool_limits(1):
             data = pairwise_distances(x).astype(np.float32)
         options["metric"] = "precomputed"
+    elif x.shape[0] <= EXACT_KNN_MAX and "precomputed_knn" not in options:
+        options["precomputed_knn"] = nearest_neighbours(x, options["n_neighbors"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # n_jobs/seed notices, spectral-init fallbacks
         with threadpool_limits(1):

@@ -17,11 +17,12 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from legend_core import config
+from legend_core.model_lock import ModelLock
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -50,6 +51,11 @@ class LoadedModel:
             of every embedding-cache key.
         num_layers: Number of transformer blocks; hidden-state indices run 0..num_layers.
         hidden_size: Width of a hidden state.
+        lock: Held for each forward pass: jobs in several threads share one loaded model
+            (see :mod:`legend_core.model_lock`).
+        packing: Whether packed pairs (one prompt, both responses in one row) give what two
+            separate passes give on this model: None until checked, then True or False.
+        packing_note: Why packing is off, when it is.
     """
 
     model: Any
@@ -59,6 +65,9 @@ class LoadedModel:
     fingerprint: str
     num_layers: int
     hidden_size: int
+    lock: ModelLock = field(default_factory=ModelLock, repr=False, compare=False)
+    packing: bool | None = field(default=None, compare=False)
+    packing_note: str = field(default="", compare=False)
 
     @property
     def dtype_name(self) -> str:

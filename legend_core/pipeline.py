@@ -15,7 +15,7 @@ import numpy as np
 from legend_core import directions as dirs
 from legend_core.directions import Direction, Method
 from legend_core.encode import EncodeSettings, Progress, encode, encode_pairs
-from legend_core.margins import margins, projections
+from legend_core.margins import margins
 from legend_core.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
 
@@ -189,6 +189,36 @@ def pair_embeddings(
     return chosen.vectors[direction.layer], rejected.vectors[direction.layer]
 
 
+def check_vectors(
+    pairs: Sequence[PreferencePair] | Sequence[PairText],
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+) -> None:
+    """Refuse hidden states that no correct forward pass yields (not finite, all zeros),
+    naming the text, so that no margin is ever computed from one."""
+    from legend_core.store import vector_problem
+
+    good = np.isfinite(chosen).all(1) & chosen.any(1) & np.isfinite(rejected).all(1)
+    good &= rejected.any(1)
+    for i in np.flatnonzero(~good):
+        pair = pairs[int(i)]
+        for side, vectors, response in (
+            ("chosen", chosen, pair.chosen),
+            ("rejected", rejected, pair.rejected),
+        ):
+            problem = vector_problem(vectors[i])
+            if problem:
+                where = f"pair {pair.idx}" if hasattr(pair, "idx") else f"pair {int(i) + 1}"
+                raise ValueError(
+                    f"the hidden state of {where}'s {side} response is refused: {problem} "
+                    f"(prompt {_snippet(pair.prompt)}, response {_snippet(response)})"
+                )
+
+
+def _snippet(text: str, size: int = 60) -> str:
+    return repr(text if len(text) <= size else text[:size] + "…")
+
+
 def annotate_pairs(
     lm: LoadedModel,
     pairs: Sequence[PreferencePair],
@@ -199,6 +229,7 @@ def annotate_pairs(
     """Margins of preference pairs on a direction, in input order."""
     check_compatible(lm, direction)
     chosen, rejected = pair_embeddings(lm, pairs, direction, progress, **encode_options)
+    check_vectors(pairs, chosen, rejected)
     return margins(chosen, rejected, direction.vector)
 
 
@@ -299,35 +330,45 @@ def annotate_dataset(
     chosen_keys = [text_key(p.prompt, p.chosen) for p in missing]
     rejected_keys = [text_key(p.prompt, p.rejected) for p in missing]
 
-    cached = store.cached_keys(space, chosen_keys + rejected_keys)
-    todo = [
-        p
-        for p, kc, kr in zip(missing, chosen_keys, rejected_keys)
-        if kc not in cached or kr not in cached
-    ]
-    done = 0
-    if progress:
-        progress(0, len(todo))
-    for pairs, chosen, rejected in engine(todo):
-        fresh: dict[bytes, np.ndarray] = {}
-        for p, c, r in zip(pairs, chosen, rejected):
-            fresh[text_key(p.prompt, p.chosen)] = c
-            fresh[text_key(p.prompt, p.rejected)] = r
-        store.put_embeddings(space, fresh)
-        done += len(pairs)
-        if progress:
-            progress(done, len(todo))
-
-    # One pass over the cache, keeping each text's projection (a float), not its vector.
-    projection: dict[bytes, float] = {}
-    for keys, vectors in store.iter_embeddings(space, chosen_keys + rejected_keys):
-        projection.update(zip(keys, projections(vectors, direction.vector).tolist()))
-    for lo in range(0, len(missing), MARGIN_CHUNK):
-        hi = min(lo + MARGIN_CHUNK, len(missing))
-        values = [
-            projection[kc] - projection[kr]
-            for kc, kr in zip(chosen_keys[lo:hi], rejected_keys[lo:hi])
+    keys = chosen_keys + rejected_keys
+    # A second round only re-encodes vectors the cache held from before it checked them.
+    for _round in range(2):
+        cached = store.cached_keys(space, keys)
+        todo = [
+            p
+            for p, kc, kr in zip(missing, chosen_keys, rejected_keys)
+            if kc not in cached or kr not in cached
         ]
-        store.add_margins(run_id, [p.id for p in missing[lo:hi]], values)
+        done = 0
+        if progress:
+            progress(0, len(todo))
+        for pairs, chosen, rejected in engine(todo):
+            check_vectors(pairs, chosen, rejected)
+            fresh: dict[bytes, np.ndarray] = {}
+            for p, c, r in zip(pairs, chosen, rejected):
+                fresh[text_key(p.prompt, p.chosen)] = c
+                fresh[text_key(p.prompt, p.rejected)] = r
+            store.put_embeddings(space, fresh)
+            done += len(pairs)
+            if progress:
+                progress(done, len(todo))
+
+        # One pass over the cache's blocks, keeping each text's projection, not its vector.
+        projected = store.project_embeddings(space, keys, direction.vector)
+        if not projected.refused:
+            break
+        store.forget_embeddings(space, projected.refused)
+    else:
+        raise ValueError(f"{len(projected.refused)} cached vectors stay refused after re-encoding")
+    if not projected.found.all():
+        raise RuntimeError(
+            f"{int((~projected.found).sum())} texts left the embedding cache during this run "
+            "(forgotten by another job); run it again to encode them"
+        )
+    n = len(missing)
+    values = projected.values[:n] - projected.values[n:]
+    for lo in range(0, n, MARGIN_CHUNK):
+        hi = min(lo + MARGIN_CHUNK, n)
+        store.add_margins(run_id, [p.id for p in missing[lo:hi]], values[lo:hi].tolist())
     store.finish_run(run_id)
     return run_id

@@ -28,8 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Review actions, in the order a user meets them.
-ACTIONS: tuple[str, ...] = ("accept", "override", "flip", "flag", "unflag")
+# Re-exported: the one list of review actions is the policy's.
+from legend_core.review_policy import ACTIONS as ACTIONS
 
 
 def utcnow() -> datetime:
@@ -194,12 +194,18 @@ class Margin(Base):
 
 
 class Review(Base):
-    """An append-only review of a pair: who, when, which action, value and note."""
+    """An append-only review of a pair: who, when, which action, value and note.
+
+    Reviews belong to the pair (see :mod:`legend_core.review_policy`). ``run_id`` records
+    the margin run it was made in (NULL when made without one, or once that run is
+    deleted); ``direction_id`` the direction of that run, kept after the direction is
+    deleted (no foreign key), because an override's number is on that direction's scale.
+    """
 
     __tablename__ = "reviews"
     __table_args__ = (
         CheckConstraint(
-            "action IN ('accept', 'override', 'flip', 'flag', 'unflag')",
+            "action IN ('accept', 'override', 'flip', 'flag', 'unflag', 'withdraw')",
             name="ck_reviews_action",
         ),
         Index("ix_reviews_pair", "pair_id", "id"),
@@ -210,6 +216,7 @@ class Review(Base):
     run_id: Mapped[int | None] = mapped_column(
         ForeignKey("margin_runs.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    direction_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     annotator: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(16))
     value: Mapped[float | None] = mapped_column(Double, nullable=True)
@@ -233,14 +240,44 @@ class EmbeddingSpaceRow(Base):
     model_dtype: Mapped[str] = mapped_column(String(16), server_default="")
 
 
-class Embedding(Base):
-    """A cached hidden state: ``key`` is :func:`legend_core.store.text_key` (32 bytes)."""
+class EmbeddingBlock(Base):
+    """Cached hidden states of one space in one block (see :mod:`legend_core.block_cache`).
 
-    __tablename__ = "embeddings"
+    ``key_data`` is ``n`` keys of :func:`legend_core.store.text_key` (32 bytes each,
+    ascending); ``vector_data`` the ``n`` × ``dim`` values, row-major, little-endian ``dtype``
+    (``<f2`` or ``<f4``); ``checksum`` a CRC-32 of the header, keys and vectors. The small
+    columns come first: SQLite reads a row's columns in order, so the keys are read
+    without walking the vectors' overflow pages.
+    """
+
+    __tablename__ = "embedding_blocks"
+    # Block ids are never reused (SQLite would reuse the largest after a delete): a reader
+    # that found a key's block id in the index must never read another block under it.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    space_id: Mapped[int] = mapped_column(
+        ForeignKey("embedding_spaces.id", ondelete="CASCADE"), index=True
+    )
+    n: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(8))
+    dim: Mapped[int] = mapped_column(Integer)
+    checksum: Mapped[str] = mapped_column(String(32))
+    key_data: Mapped[bytes] = mapped_column(LargeBinary)
+    vector_data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EmbeddingKey(Base):
+    """Where a cached text's vector is: one row per key, unique in its space (the first
+    block to claim a key keeps it)."""
+
+    __tablename__ = "embedding_keys"
 
     space_id: Mapped[int] = mapped_column(
         ForeignKey("embedding_spaces.id", ondelete="CASCADE"), primary_key=True
     )
     key: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    dtype: Mapped[str] = mapped_column(String(8))
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    block_id: Mapped[int] = mapped_column(
+        ForeignKey("embedding_blocks.id", ondelete="CASCADE"), index=True
+    )
+    row_no: Mapped[int] = mapped_column(Integer)

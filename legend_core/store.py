@@ -4,18 +4,12 @@
 :func:`legend_core.config.database_url`) and upgrades its schema to the newest Alembic
 revision; it never drops anything. The ORM models live in :mod:`legend_core.schema`.
 
-Review semantics, for a pair seen through a margin run:
-
-- *flip*, *flag* and *unflag* are facts about the pair and count in every run. The pair is
-  flipped after an odd number of flips (a second flip undoes the first); it is flagged when
-  the latest of its flag/unflag reviews is a flag.
-- *accept* and *override* judge one run's margin; they count in the run they name (a review
-  without a run counts in every run).
-- The effective margin is the latest counting override's value; else the computed margin,
-  negated when the pair is flipped. It is always relative to the *exported* chosen
-  response (exports swap chosen and rejected of flipped pairs), and an override is taken as
-  already relative to that orientation.
-- A pair is reviewed in a run when it has a counting review of any action.
+Reviews are append-only and belong to the pair, not to one run: every run of a pair reads
+all its reviews. What they add up to is decided by :mod:`legend_core.review_policy` (the
+one place the policy is written); the store only fetches the reviews and hands the policy
+the admins' names it is given (it never reads the users file). A pair is *reviewed* when
+someone holds a current verdict on it (accept, flip or override not withdrawn); a flag
+alone is not a verdict.
 
 The only database-specific code is the marked "Database specifics" section below (SQLite's
 pragmas and file folder; a statistics refresh for PostgreSQL's planner).
@@ -30,7 +24,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,22 +47,31 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from legend_core import block_cache
+from legend_core.block_cache import vector_problem as vector_problem  # the cache's rule
 from legend_core.config import database_url
 from legend_core.directions import Direction
 from legend_core.formats import json_safe
+from legend_core.review_policy import (
+    VERDICT_ACTIONS,
+    AnnotatorState,
+    Resolution,
+    ReviewEvent,
+    check_action,
+    own_state,
+    resolve,
+)
 from legend_core.schema import (
-    ACTIONS,
     ContrastItemRow,
     ContrastSet,
     Dataset,
     DirectionRow,
-    Embedding,
+    EmbeddingKey,
     EmbeddingSpaceRow,
     Margin,
     MarginRun,
@@ -89,14 +92,8 @@ T = TypeVar("T")
 INSERT_CHUNK = 2_000
 #: Values per ``IN (...)`` list: stays under SQLite's old 999-parameter limit.
 IN_CHUNK = 900
-#: Cache lookups of at least this many keys may scan their space instead of probing it.
-SCAN_MIN_KEYS = 20_000
 #: Inserts at least this large refresh the planner's statistics (PostgreSQL).
 BIG_INSERT = 5_000
-#: Actions that are facts about the pair, whatever run they were made in.
-PAIR_ACTIONS = ("flip", "flag", "unflag")
-#: Largest magnitude float16 holds; larger vectors are cached as float32.
-FLOAT16_MAX = 65504.0
 #: Alembic's ``context`` and ``op`` are module globals: one migration per process at a time.
 _MIGRATION_LOCK = threading.Lock()
 
@@ -252,36 +249,7 @@ class ReviewInfo:
     value: float | None
     note: str
     created_at: datetime
-
-
-@dataclass
-class ReviewState:
-    """What a pair's reviews add up to in one run (see the module docstring)."""
-
-    flipped: bool = False
-    flagged: bool = False
-    override: float | None = None
-    n_reviews: int = 0
-    last_annotator: str | None = None
-
-    def effective(self, computed: float | None) -> float | None:
-        """The effective margin given the computed one (relative to the exported chosen)."""
-        if self.override is not None:
-            return self.override
-        if computed is None or math.isnan(computed):
-            return None
-        return -computed if self.flipped else computed
-
-    def apply(self, action: str, value: float | None, annotator: str) -> None:
-        """Fold in one review that counts in this run (oldest first)."""
-        if action == "flip":
-            self.flipped = not self.flipped
-        elif action in ("flag", "unflag"):
-            self.flagged = action == "flag"
-        elif action == "override":
-            self.override = value
-        self.n_reviews += 1
-        self.last_annotator = annotator
+    direction_id: int | None = None
 
 
 # --- Database specifics: the only dialect-specific code in the project ----------------------
@@ -320,6 +288,24 @@ def _refresh_statistics(engine: Engine, tables: Sequence[str]) -> None:
         with engine.begin() as conn:
             for table in tables:
                 conn.execute(text(f"ANALYZE {table}"))
+
+
+def insert_or_skip(conn: Any, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for ``table`` in the connection's dialect: rows
+    whose key is already there are skipped, so two writers of the same rows never collide
+    (no check-then-insert window, no IntegrityError to retry)."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif name in ("mysql", "mariadb"):
+        return insert(table).prefix_with("IGNORE")
+    else:
+        raise NotImplementedError(
+            f"the {name} database is not supported (use SQLite or PostgreSQL)"
+        )
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def make_engine(url: str) -> Engine:
@@ -372,14 +358,33 @@ def _settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _counting(run_id: int | None, annotator: str | None = None) -> Any:
-    """SQL condition: this review counts for ``run_id`` (see the module docstring), and is
-    by ``annotator`` when one is given (blind review: what one annotator sees)."""
-    by = Review.annotator == annotator if annotator is not None else true()
-    if run_id is None:
-        return and_(Review.id.is_not(None), by)
-    in_run = or_(Review.run_id == run_id, Review.run_id.is_(None), Review.action.in_(PAIR_ACTIONS))
-    return and_(in_run, by)
+# Named, built once: fresh anonymous aliases made every statement a new one to compile
+# (SQLAlchemy's statement cache missed: 7 ms instead of 0.5 ms per queue step).
+_VERDICT = aliased(Review, name="verdict")
+_LATER = aliased(Review, name="later")
+
+
+def _current_verdict(verdict: Any) -> Any:
+    """SQL condition on a ``Review`` alias: it is a verdict its annotator has not withdrawn
+    since (the withdraw lookup walks ``ix_reviews_pair`` (pair_id, id))."""
+    later = _LATER
+    withdrawn = exists().where(
+        later.pair_id == verdict.pair_id,
+        later.annotator == verdict.annotator,
+        later.action == "withdraw",
+        later.id > verdict.id,
+    )
+    return and_(verdict.action.in_(VERDICT_ACTIONS), ~withdrawn)
+
+
+def _has_verdict(pair_id: Any, annotator: str | None = None) -> Any:
+    """SQL condition: someone (``annotator``, if given) holds a current verdict on the pair
+    ``pair_id`` (a column or a value)."""
+    verdict = _VERDICT
+    conditions = [verdict.pair_id == pair_id, _current_verdict(verdict)]
+    if annotator is not None:
+        conditions.append(verdict.annotator == annotator)
+    return exists().where(*conditions)
 
 
 def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]:
@@ -523,7 +528,7 @@ class Store:
             FormatError: The file is malformed; the database is unchanged.
             ValueError: ``name`` is taken or the file holds no pairs.
         """
-        from legend_core.formats import read_pairs
+        from legend_core.formats import data_file_stem, read_pairs
 
         if name is not None and self._dataset_id(_check_name(name)) is not None:
             raise ValueError(f"a data set named {name.strip()!r} already exists")
@@ -531,20 +536,23 @@ class Store:
         report = read_pairs(path, format=format, mapping=mapping, **kwargs)
         if not report.pairs:
             raise ValueError(f"{path} holds no preference pairs")
-        name = name if name is not None else self._free_name(Path(path).stem or "data set")
+        name = name if name is not None else self._free_name(data_file_stem(path) or "data set")
         dataset_id = self.add_dataset(name, report.pairs, source=str(path), format=report.format)
         return dataset_id, report
 
     def list_datasets(self) -> list[DatasetInfo]:
-        """All data sets, oldest first, with run and reviewed-pair counts."""
+        """All data sets, oldest first, with run and reviewed-pair counts (pairs someone
+        holds a current verdict on)."""
         runs = (
             select(MarginRun.dataset_id, func.count().label("n"))
             .group_by(MarginRun.dataset_id)
             .subquery()
         )
+        verdict = _VERDICT
         reviewed = (
-            select(Pair.dataset_id, func.count(distinct(Review.pair_id)).label("n"))
-            .join(Pair, Pair.id == Review.pair_id)
+            select(Pair.dataset_id, func.count(distinct(verdict.pair_id)).label("n"))
+            .join(Pair, Pair.id == verdict.pair_id)
+            .where(_current_verdict(verdict))
             .group_by(Pair.dataset_id)
             .subquery()
         )
@@ -651,10 +659,10 @@ class Store:
         mapping: Mapping[str, str] | None = None,
     ) -> int:
         """Read a contrastive set with ``formats.read_contrast_set`` and store it."""
-        from legend_core.formats import read_contrast_set
+        from legend_core.formats import data_file_stem, read_contrast_set
 
         items = read_contrast_set(path, format=format, refusal=refusal, mapping=mapping)
-        return self.add_contrast_set(name or Path(path).stem, items, source=str(path))
+        return self.add_contrast_set(name or data_file_stem(path), items, source=str(path))
 
     def list_contrast_sets(self) -> list[ContrastSetInfo]:
         """All contrastive sets, oldest first."""
@@ -761,12 +769,9 @@ class Store:
 
     @staticmethod
     def _drop_runs(s: Session, condition: Any) -> None:
-        """Delete runs and margins. Their accept/override reviews go too (they judged margins
-        that no longer exist); flips and flags stay, detached from the run."""
+        """Delete runs and margins. Reviews belong to the pair and stay, detached from the
+        run; their ``direction_id`` keeps an override's scale known."""
         run_ids = select(MarginRun.id).where(condition)
-        s.execute(
-            delete(Review).where(Review.run_id.in_(run_ids), Review.action.not_in(PAIR_ACTIONS))
-        )
         s.execute(update(Review).where(Review.run_id.in_(run_ids)).values(run_id=None))
         s.execute(delete(Margin).where(Margin.run_id.in_(run_ids)))
         s.execute(delete(MarginRun).where(condition))
@@ -790,24 +795,22 @@ class Store:
                 existing = s.scalar(query)
                 if existing is not None:
                     return existing
-                run = MarginRun(
-                    dataset_id=dataset_id,
-                    direction_id=direction_id,
-                    settings=json.loads(json.dumps(settings, default=str)),
-                    settings_key=key,
+                # Two processes may start the same run at once: one row wins, both use it.
+                conn = s.connection()
+                conn.execute(
+                    insert_or_skip(conn, MarginRun.__table__),
+                    {
+                        "dataset_id": dataset_id,
+                        "direction_id": direction_id,
+                        "settings": json.loads(json.dumps(settings, default=str)),
+                        "settings_key": key,
+                        "status": "running",
+                        "created_at": utcnow(),
+                    },
                 )
-                s.add(run)
-                s.flush()
-                return run.id
+                return s.scalar(query)
 
-        try:
-            return _retry(work)
-        except IntegrityError:  # another process started the same run just now
-            with self._session() as s:
-                found = s.scalar(query)
-            if found is None:
-                raise
-            return found
+        return _retry(work)
 
     def _run(self, s: Session, run_id: int) -> MarginRun:
         run = s.get(MarginRun, run_id)
@@ -850,30 +853,24 @@ class Store:
                 # Core statements on the session's connection: the ORM's per-row
                 # bookkeeping was half the time of a 100k-pair run (bench/margins_bench.py).
                 conn = s.connection()
-                rows = []
                 for chunk in _chunks(list(zip(ids, vals, strict=True)), BULK_IN_CHUNK):
                     chunk_ids = [p for p, _ in chunk]
-                    # One query answers both: is the pair in the data set, has it a margin?
-                    has_margin: dict[int, bool] = {
-                        pair_id: bool(has)
-                        for pair_id, has in conn.execute(
-                            select(Pair.id, Margin.pair_id.is_not(None))
-                            .outerjoin(
-                                Margin, (Margin.pair_id == Pair.id) & (Margin.run_id == run_id)
+                    found = set(
+                        conn.scalars(
+                            select(Pair.id).where(
+                                Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id
                             )
-                            .where(Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id)
                         )
-                    }
-                    if len(has_margin) != len(chunk_ids):
-                        bad = sorted(set(chunk_ids) - set(has_margin))[:5]
+                    )
+                    if len(found) != len(chunk_ids):
+                        bad = sorted(set(chunk_ids) - found)[:5]
                         raise ValueError(f"pairs {bad} are not in run {run_id}'s data set")
-                    rows += [
-                        {"run_id": run_id, "pair_id": p, "value": v}
-                        for p, v in chunk
-                        if not has_margin[p]
-                    ]
+                rows = [{"run_id": run_id, "pair_id": p, "value": v} for p, v in zip(ids, vals)]
+                # A pair that already has a margin keeps it: another writer of the same run
+                # (a second process, a resumed job) computed it from the same vectors.
+                statement = insert_or_skip(conn, Margin.__table__)
                 for chunk_rows in _chunks(rows, INSERT_CHUNK):
-                    conn.execute(insert(Margin.__table__), list(chunk_rows))
+                    conn.execute(statement, list(chunk_rows))
 
         _retry(work)
         if len(ids) >= BIG_INSERT:
@@ -927,15 +924,25 @@ class Store:
                 return run
         raise NotFoundError(f"no margin run {run_id}")
 
-    def run_frame(self, run_id: int, annotator: str | None = None) -> pd.DataFrame:
-        """Every pair of the run's data set with its margins and review state, in input order.
+    def run_frame(
+        self,
+        run_id: int,
+        annotator: str | None = None,
+        admins: Collection[str] = frozenset(),
+    ) -> pd.DataFrame:
+        """Every pair of the run's data set with its margins and reviews, in input order.
 
-        With ``annotator``, the review state counts that annotator's reviews only.
+        Reviews of the pair made in any run (or none) count, resolved by
+        :func:`legend_core.review_policy.resolve` with ``admins`` as adjudicators. With
+        ``annotator``, only that annotator's reviews count (blind review: their own view).
 
-        Columns: pair_id, idx, prompt, chosen, rejected (as imported), computed_margin
-        (relative to the imported chosen; NaN while missing), override_margin (NaN if none),
-        effective_margin (relative to the exported chosen), flipped, flagged,
-        last_annotator ("" if none), n_reviews.
+        Columns: pair_id, idx, prompt, chosen, rejected (as imported); computed_margin
+        (relative to the imported chosen; NaN while missing); shown_margin (after reviews,
+        relative to the imported chosen, as the Review page shows the pair);
+        override_margin (the override that set it, same orientation; NaN if none);
+        effective_margin (after reviews, relative to the *exported* chosen: negated when
+        flipped); flipped (exports swap chosen and rejected); flagged; disputed;
+        label_source; decided_by (names joined by ", "; "" if none); n_verdicts; n_reviews.
         """
         import pandas as pd
 
@@ -947,50 +954,144 @@ class Store:
                 .where(Pair.dataset_id == run.dataset_id)
                 .order_by(Pair.idx)
             ).all()
-            states = self._review_states(s, run_id, Pair.dataset_id == run.dataset_id, annotator)
+            events = self._review_events(s, Pair.dataset_id == run.dataset_id, run, annotator)
         frame = pd.DataFrame(
             [tuple(r) for r in rows],
             columns=["pair_id", "idx", "prompt", "chosen", "rejected", "computed_margin"],
         )
-        frame["computed_margin"] = frame["computed_margin"].astype(np.float64)
-        blank = ReviewState()
-        st = [states.get(p, blank) for p in frame["pair_id"]]
-        frame["override_margin"] = np.array(
-            [np.nan if x.override is None else x.override for x in st], dtype=np.float64
-        )
-        effective = [x.effective(c) for x, c in zip(st, frame["computed_margin"], strict=True)]
-        frame["effective_margin"] = np.array(
-            [np.nan if e is None else e for e in effective], dtype=np.float64
-        )
-        frame["flipped"] = np.array([x.flipped for x in st], dtype=bool)
-        frame["flagged"] = np.array([x.flagged for x in st], dtype=bool)
-        frame["last_annotator"] = [x.last_annotator or "" for x in st]
-        frame["n_reviews"] = np.array([x.n_reviews for x in st], dtype=np.int64)
+        computed = frame["computed_margin"].to_numpy(dtype=np.float64)
+        frame["computed_margin"] = computed
+        n = len(frame)
+        # Pairs without reviews keep the computed margin as imported: only reviewed pairs
+        # go through the policy (a 100k-pair run has few of them).
+        shown, override = computed.copy(), np.full(n, np.nan)
+        flipped, flagged = np.zeros(n, bool), np.zeros(n, bool)
+        disputed = np.zeros(n, bool)
+        source = np.full(n, "none", dtype=object)
+        decided = np.full(n, "", dtype=object)
+        n_verdicts, n_reviews = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        position = {int(p): i for i, p in enumerate(frame["pair_id"])}
+        for pair_id, pair_events in events.items():
+            i = position[pair_id]
+            r = resolve(pair_events, computed[i], admins)
+            shown[i] = np.nan if r.shown_margin is None else r.shown_margin
+            override[i] = np.nan if r.override is None else r.override
+            flipped[i], flagged[i], disputed[i] = r.flipped, r.flagged, r.disputed
+            source[i], decided[i] = r.label_source, ", ".join(r.decided_by)
+            n_verdicts[i], n_reviews[i] = r.n_verdicts, r.n_reviews
+        frame["shown_margin"] = shown
+        frame["override_margin"] = override
+        frame["effective_margin"] = np.where(flipped, -shown, shown)
+        frame["flipped"] = flipped
+        frame["flagged"] = flagged
+        frame["disputed"] = disputed
+        frame["label_source"] = source.astype(str)
+        frame["decided_by"] = decided.astype(str)
+        frame["n_verdicts"] = n_verdicts
+        frame["n_reviews"] = n_reviews
         return frame
 
     # --- reviews -----------------------------------------------------------------------------
 
     @staticmethod
-    def _review_states(
-        s: Session, run_id: int | None, pair_filter: Any, annotator: str | None = None
-    ) -> dict[int, ReviewState]:
-        """Review states of the pairs matching ``pair_filter``, as seen in ``run_id``."""
+    def _review_events(
+        s: Session, pair_filter: Any, run: MarginRun | None, annotator: str | None = None
+    ) -> dict[int, list[ReviewEvent]]:
+        """The reviews of the pairs matching ``pair_filter`` (by ``annotator``, if given),
+        oldest first, as the policy reads them in ``run``.
+
+        An override is on the run's scale when it was made without a run, or in a run of
+        the same direction. Direction ids may be reused once deleted (SQLite), so a review
+        older than the run's direction cannot have been made on it.
+        """
         query = (
-            select(Review.pair_id, Review.action, Review.value, Review.annotator)
+            select(
+                Review.id,
+                Review.pair_id,
+                Review.annotator,
+                Review.action,
+                Review.value,
+                Review.direction_id,
+                Review.created_at,
+            )
             .join(Pair, Pair.id == Review.pair_id)
-            .where(pair_filter, _counting(run_id, annotator))
+            .where(pair_filter)
             .order_by(Review.id)
         )
-        states: dict[int, ReviewState] = {}
-        for pair_id, action, value, annotator in s.execute(query):
-            states.setdefault(pair_id, ReviewState()).apply(action, value, annotator)
-        return states
+        if annotator is not None:
+            query = query.where(Review.annotator == annotator)
+        since = None
+        if run is not None:
+            since = s.scalar(
+                select(DirectionRow.created_at).where(DirectionRow.id == run.direction_id)
+            )
+        events: dict[int, list[ReviewEvent]] = {}
+        for review_id, pair_id, name, action, value, direction_id, created in s.execute(query):
+            on_scale = (
+                action != "override"
+                or run is None
+                or direction_id is None
+                or (
+                    direction_id == run.direction_id
+                    and (since is None or created is None or created >= since)
+                )
+            )
+            events.setdefault(pair_id, []).append(
+                ReviewEvent(review_id, name, action, value, on_scale)
+            )
+        return events
 
-    def pair_state(self, pair_id: int, run_id: int | None = None) -> ReviewState:
-        """What a pair's reviews add up to in ``run_id`` (every review if ``None``)."""
+    def pair_state(
+        self,
+        pair_id: int,
+        run_id: int | None = None,
+        admins: Collection[str] = frozenset(),
+        annotator: str | None = None,
+    ) -> Resolution:
+        """What a pair's reviews add up to (every run's reviews), read in ``run_id``: its
+        computed margin and its direction's scale for overrides (without a run: no computed
+        margin, every override on scale). With ``annotator``, that annotator's reviews only.
+        """
         with self._session() as s:
-            states = self._review_states(s, run_id, Pair.id == pair_id)
-        return states.get(pair_id, ReviewState())
+            pair = s.get(Pair, pair_id)
+            if pair is None:
+                raise NotFoundError(f"no pair {pair_id}")
+            run, computed = None, None
+            if run_id is not None:
+                run = self._run(s, run_id)
+                if run.dataset_id != pair.dataset_id:
+                    raise ValueError(f"pair {pair_id} is not in margin run {run_id}'s data set")
+                computed = s.scalar(
+                    select(Margin.value).where(Margin.run_id == run_id, Margin.pair_id == pair_id)
+                )
+            events = self._review_events(s, Pair.id == pair_id, run, annotator)
+        return resolve(events.get(pair_id, []), computed, admins)
+
+    def resolutions(
+        self,
+        run_id: int,
+        admins: Collection[str] = frozenset(),
+        annotator: str | None = None,
+    ) -> dict[int, Resolution]:
+        """What the reviews add up to for each reviewed pair of the run (pairs without a
+        review are left out: they keep their label and computed margin). Reads reviews and
+        margins only, no texts: cheap where :meth:`run_frame` is not."""
+        with self._session() as s:
+            run = self._run(s, run_id)
+            events = self._review_events(s, Pair.dataset_id == run.dataset_id, run, annotator)
+            computed: dict[int, float] = {}
+            for chunk in _chunks(sorted(events), IN_CHUNK):
+                query = select(Margin.pair_id, Margin.value).where(
+                    Margin.run_id == run_id, Margin.pair_id.in_(chunk)
+                )
+                computed.update((pair_id, value) for pair_id, value in s.execute(query))
+        return {p: resolve(e, computed.get(p), admins) for p, e in events.items()}
+
+    def annotator_state(self, pair_id: int, annotator: str) -> AnnotatorState:
+        """One annotator's own current verdict and flag on a pair."""
+        with self._session() as s:
+            events = self._review_events(s, Pair.id == pair_id, None, annotator.strip())
+        return own_state(events.get(pair_id, []), annotator.strip())
 
     def add_review(
         self,
@@ -1003,33 +1104,41 @@ class Store:
     ) -> int:
         """Append a review; returns its id. Lock contention is retried transparently.
 
+        The meanings of the actions are :mod:`legend_core.review_policy`'s. ``run_id`` is
+        the run the pair was seen in: the review counts in every run of the pair, and an
+        override's number is read on the scale of that run's direction.
+
         Raises:
-            ValueError: Unknown action, empty annotator, an override without a finite
-                value, a value on another action, or a pair outside the run's data set.
+            ValueError: Unknown action, empty or over-long annotator, an override without a
+                finite value, a value on another action, a pair outside the run's data set,
+                or a withdraw without a verdict to withdraw.
         """
-        if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        value = check_action(action, value)
         if not isinstance(annotator, str) or not annotator.strip():
             raise ValueError("a review needs a non-empty annotator name")
-        if action == "override":
-            if value is None or not math.isfinite(float(value)):
-                raise ValueError("an override needs a finite margin value")
-            value = float(value)
-        elif value is not None:
-            raise ValueError(f"a {action!r} review takes no value")
+        name = annotator.strip()
+        if len(name) > 255:
+            raise ValueError("an annotator name has at most 255 characters")
+        direction_id = None
         with self._session() as s:
             pair = s.get(Pair, pair_id)
             if pair is None:
                 raise NotFoundError(f"no pair {pair_id}")
-            if run_id is not None and self._run(s, run_id).dataset_id != pair.dataset_id:
-                raise ValueError(f"pair {pair_id} is not in margin run {run_id}'s data set")
+            if run_id is not None:
+                run = self._run(s, run_id)
+                if run.dataset_id != pair.dataset_id:
+                    raise ValueError(f"pair {pair_id} is not in margin run {run_id}'s data set")
+                direction_id = run.direction_id
+            if action == "withdraw" and not s.scalar(select(_has_verdict(pair_id, name))):
+                raise ValueError(f"{name} has no verdict on pair {pair_id} to withdraw")
 
         def work() -> int:
             with self._session() as s, s.begin():
                 review = Review(
                     pair_id=pair_id,
                     run_id=run_id,
-                    annotator=annotator.strip(),
+                    direction_id=direction_id,
+                    annotator=name,
                     action=action,
                     value=value,
                     note=note or "",
@@ -1055,12 +1164,16 @@ class Store:
                     r.value,
                     r.note,
                     r.created_at,
+                    r.direction_id,
                 )
                 for r in rows
             ]
 
     def reviews_frame(self, dataset_id: int) -> pd.DataFrame:
-        """Every review of a data set's pairs, oldest first (for agreement between annotators)."""
+        """Every review of a data set's pairs, oldest first (for agreement between annotators).
+
+        Columns: id, pair_id, run_id, direction_id, annotator, action, value, note, created_at.
+        """
         import pandas as pd
 
         query = (
@@ -1068,6 +1181,7 @@ class Store:
                 Review.id,
                 Review.pair_id,
                 Review.run_id,
+                Review.direction_id,
                 Review.annotator,
                 Review.action,
                 Review.value,
@@ -1080,13 +1194,15 @@ class Store:
         )
         with self._session() as s:
             rows = s.execute(query).all()
-        columns = ["id", "pair_id", "run_id", "annotator", "action", "value", "note", "created_at"]
+        columns = ["id", "pair_id", "run_id", "direction_id", "annotator", "action", "value"]
+        columns += ["note", "created_at"]
         return pd.DataFrame(rows, columns=columns)
 
-    def _reviewed(self, run_id: int, annotator: str | None = None) -> Any:
-        """SQL condition on ``Margin``: its pair has a review that counts in ``run_id``
-        (by ``annotator``, if given)."""
-        return exists().where(Review.pair_id == Margin.pair_id, _counting(run_id, annotator))
+    @staticmethod
+    def _reviewed(annotator: str | None = None) -> Any:
+        """SQL condition on ``Margin``: someone (``annotator``, if given) holds a current
+        verdict on its pair; reviews of every run count."""
+        return _has_verdict(Margin.pair_id, annotator)
 
     def _queue_query(
         self,
@@ -1110,7 +1226,7 @@ class Store:
         else:
             raise ValueError(f"unknown order {order!r}; use 'disagreement' or 'index'")
         if unreviewed_only:
-            query = query.where(~self._reviewed(run_id, annotator))
+            query = query.where(~self._reviewed(annotator))
         return query
 
     def review_queue(
@@ -1126,7 +1242,8 @@ class Store:
         ``disagreement``: ascending computed margin, which puts negative margins first
         (most negative first) and then the rest by |margin| ascending; ties by pair id.
         ``index``: input order. ``pair_ids`` restricts the queue to those pairs.
-        ``unreviewed_only`` leaves out reviewed pairs (reviewed by ``annotator``, if given).
+        ``unreviewed_only`` leaves out pairs someone (``annotator``, if given) holds a
+        current verdict on (a flag alone is no verdict).
         """
         with self._session() as s:
             query = self._queue_query(s, run_id, order, unreviewed_only, annotator)
@@ -1165,83 +1282,53 @@ class Store:
             return s.scalar(query.limit(1))
 
     def review_counts(self, run_id: int, annotator: str | None = None) -> tuple[int, int]:
-        """(reviewed, remaining) pairs among those with a computed margin in the run
-        (reviewed by ``annotator``, if given)."""
+        """(reviewed, remaining) pairs among those with a computed margin in the run:
+        reviewed means someone (``annotator``, if given) holds a current verdict on it."""
         with self._session() as s:
             self._run(s, run_id)
             total = s.scalar(select(func.count()).where(Margin.run_id == run_id)) or 0
             reviewed = (
                 s.scalar(
-                    select(func.count()).where(
-                        Margin.run_id == run_id, self._reviewed(run_id, annotator)
-                    )
+                    select(func.count()).where(Margin.run_id == run_id, self._reviewed(annotator))
                 )
                 or 0
             )
         return reviewed, total - reviewed
 
     # --- embedding cache ---------------------------------------------------------------------
+    # Vectors live in blocks (legend_core.block_cache: the format, reads and writes); these
+    # methods pick the space and the transactions.
 
     def _space_id(self, s: Session, space: EmbeddingSpace, create: bool) -> int | None:
         key = space.key()
-        space_id = s.scalar(select(EmbeddingSpaceRow.id).where(EmbeddingSpaceRow.key == key))
+        query = select(EmbeddingSpaceRow.id).where(EmbeddingSpaceRow.key == key)
+        space_id = s.scalar(query)
         if space_id is None and create:
-            row = EmbeddingSpaceRow(key=key, **asdict(space))
-            s.add(row)
-            s.flush()
-            space_id = row.id
+            conn = s.connection()
+            conn.execute(
+                insert_or_skip(conn, EmbeddingSpaceRow.__table__), {"key": key, **asdict(space)}
+            )
+            space_id = s.scalar(query)
         return space_id
-
-    def _cache_rows(
-        self, space: EmbeddingSpace, keys: Sequence[bytes], with_vectors: bool, batch_size: int
-    ) -> Iterator[list[Any]]:
-        """Rows ``(key, dtype, vector)`` (or ``(key,)``) of the wanted keys cached in ``space``.
-
-        When many keys are a large part of the space, one sequential scan of the space
-        beats an index probe per key (BENCHMARKS.md §3); else it probes by key (and never
-        counts a large space for a small lookup).
-        """
-        wanted = {bytes(k) for k in keys}
-        table = Embedding.__table__
-        columns = (table.c.key, table.c.dtype, table.c.vector)[: 3 if with_vectors else 1]
-        with self._session() as s:
-            space_id = self._space_id(s, space, create=False)
-            if space_id is None or not wanted:
-                return
-            conn = s.connection()  # Core rows: no ORM overhead on 10^5 rows
-            in_space = table.c.space_id == space_id
-            count = select(func.count()).select_from(table).where(in_space)
-            if len(wanted) >= SCAN_MIN_KEYS and 4 * len(wanted) >= (conn.scalar(count) or 0):
-                result = conn.execution_options(yield_per=batch_size).execute(
-                    select(*columns).where(in_space)
-                )
-                for rows in result.partitions():
-                    if kept := [r for r in rows if bytes(r[0]) in wanted]:
-                        yield kept
-            else:
-                for chunk in _chunks(sorted(wanted), BULK_IN_CHUNK):
-                    query = select(*columns).where(in_space, table.c.key.in_(chunk))
-                    if rows := list(conn.execute(query)):
-                        yield rows
 
     def cached_keys(self, space: EmbeddingSpace, keys: Sequence[bytes]) -> set[bytes]:
         """Which of ``keys`` are cached for ``space`` (reads no vectors)."""
-        rows = self._cache_rows(space, keys, with_vectors=False, batch_size=65_536)
-        return {bytes(r[0]) for batch in rows for r in batch}
+        with self._session() as s:
+            space_id = self._space_id(s, space, create=False)
+            if space_id is None or not keys:
+                return set()
+            return block_cache.cached(s.connection(), space_id, keys)
 
     def iter_embeddings(
         self, space: EmbeddingSpace, keys: Sequence[bytes], batch_size: int = 8_192
     ) -> Iterator[tuple[list[bytes], np.ndarray]]:
         """The cached vectors of those ``keys`` in the cache, as ``(keys, float32 matrix)``
-        batches in no particular order: the fast path for many vectors."""
-        for rows in self._cache_rows(space, keys, with_vectors=True, batch_size=batch_size):
-            dtypes = {r[1] for r in rows}
-            if len(dtypes) == 1:  # one conversion for the whole batch, not one per row
-                joined = b"".join(bytes(r[2]) for r in rows)
-                matrix = np.frombuffer(joined, dtype=dtypes.pop()).reshape(len(rows), -1)
-            else:  # float32 rows among float16 ones: values beyond float16's range
-                matrix = np.stack([np.frombuffer(bytes(r[2]), dtype=r[1]) for r in rows])
-            yield [bytes(r[0]) for r in rows], matrix.astype(np.float32)
+        batches of at most ``batch_size`` rows, each key once, in no particular order."""
+        with self._session() as s:
+            space_id = self._space_id(s, space, create=False)
+            if space_id is None or not keys:
+                return
+            yield from block_cache.vectors(s.connection(), space_id, keys, batch_size)
 
     def get_embeddings(
         self, space: EmbeddingSpace, keys: Sequence[bytes]
@@ -1253,50 +1340,63 @@ class Store:
             for key, row in zip(batch_keys, matrix)
         }
 
-    def put_embeddings(self, space: EmbeddingSpace, items: Mapping[bytes, np.ndarray]) -> None:
-        """Cache vectors as float16 (float32 if a value exceeds float16's range).
+    def project_embeddings(
+        self, space: EmbeddingSpace, keys: Sequence[bytes], direction: np.ndarray
+    ) -> block_cache.Projections:
+        """Each key's projection ``h · v / ‖v‖`` on ``direction`` from the cached vectors,
+        block by block, keeping no vector (the second phase of
+        :func:`legend_core.pipeline.annotate_dataset`); see
+        :func:`legend_core.block_cache.project`."""
+        with self._session() as s:
+            space_id = self._space_id(s, space, create=False)
+            if space_id is None:
+                space_id = -1  # no such space: nothing is found
+            return block_cache.project(s.connection(), space_id, keys, direction)
 
-        Idempotent: keys already cached keep their vector.
+    def _cache_write(self, work: Callable[[Any, int], T]) -> T:
+        """Run ``work(connection, space_id)`` in a transaction of its own, again while the
+        database reports contention or a concurrent writer took one of its keys first."""
+        for attempt in range(20):
+            try:
+                return _retry(work)
+            except block_cache.LostRace:
+                if attempt == 19:
+                    raise
+                time.sleep(0.01 * (1.0 + random.random()))
+        raise AssertionError("unreachable")
 
-        Raises:
-            ValueError: A key is not 32 bytes or a vector is not finite.
-        """
-        rows = []
-        for key, vector in items.items():
-            if len(key) != 32:
-                raise ValueError("embedding keys are 32-byte digests (see text_key)")
-            v = np.asarray(vector, dtype=np.float32).reshape(-1)
-            if not np.isfinite(v).all():
-                raise ValueError("an embedding has NaN or infinite values")
-            small = v.size == 0 or float(np.abs(v).max()) <= FLOAT16_MAX
-            dtype = "<f2" if small else "<f4"
-            rows.append({"key": bytes(key), "dtype": dtype, "vector": v.astype(dtype).tobytes()})
-        if not rows:
-            return
+    def forget_embeddings(self, space: EmbeddingSpace, keys: Sequence[bytes]) -> None:
+        """Drop cached vectors (refused ones cached before the cache checked its input)."""
 
         def work() -> None:
             with self._session() as s, s.begin():
-                space_id = self._space_id(s, space, create=True)
-                for chunk in _chunks(rows, IN_CHUNK):
-                    have = set(
-                        bytes(k)
-                        for k in s.scalars(
-                            select(Embedding.key).where(
-                                Embedding.space_id == space_id,
-                                Embedding.key.in_([r["key"] for r in chunk]),
-                            )
-                        )
-                    )
-                    new = [{**r, "space_id": space_id} for r in chunk if r["key"] not in have]
-                    if new:
-                        s.execute(insert(Embedding), new)
+                space_id = self._space_id(s, space, create=False)
+                if space_id is not None:
+                    block_cache.forget(s.connection(), space_id, keys)
 
-        for attempt in range(3):
-            try:
-                return _retry(work)
-            except IntegrityError:  # a concurrent writer cached some of the same keys
-                if attempt == 2:
-                    raise
+        self._cache_write(work)
+
+    def put_embeddings(self, space: EmbeddingSpace, items: Mapping[bytes, np.ndarray]) -> None:
+        """Cache vectors as float16 (float32 if a value exceeds float16's range), in blocks.
+
+        Idempotent: keys already cached keep their vector (a concurrent writer's keys are
+        skipped, never an error). Nothing is written if any vector is refused. Each block
+        is written in a transaction of its own, with its index rows: a writer killed at
+        any point leaves whole blocks only.
+
+        Raises:
+            ValueError: A key is not 32 bytes; a vector is empty, not finite or all zeros
+                (no forward pass yields one: it comes from a failed or interrupted pass);
+                the vectors differ in width, or from the width this space caches.
+        """
+        for keys, matrix in block_cache.pack(items):
+
+            def work(keys: list[bytes] = keys, matrix: np.ndarray = matrix) -> None:
+                with self._session() as s, s.begin():
+                    space_id = self._space_id(s, space, create=True)
+                    block_cache.write_block(s.connection(), space_id, keys, matrix)
+
+            self._cache_write(work)
 
     # --- overview ----------------------------------------------------------------------------
 
@@ -1312,7 +1412,7 @@ class Store:
             "margins": Margin,
             "reviews": Review,
             "embedding_spaces": EmbeddingSpaceRow,
-            "embeddings": Embedding,
+            "embeddings": EmbeddingKey,  # one row per cached vector
         }
         with self._session() as s:
             return {

@@ -692,7 +692,11 @@ def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
             checks = []
             for head, lam in (("linear", 1.0), ("mlp", 1.0), ("linear", 0.25), ("linear", 4.0)):
                 res = ev.reward_model_check(
-                    c, r, m_test, ev.RewardSettings(head=head, lam=lam, seeds=10)
+                    c,
+                    r,
+                    m_test,
+                    # RMS, as when section 3 of EVALUATION.md was measured.
+                    ev.RewardSettings(head=head, lam=lam, seeds=10, margin_scale="rms"),
                 )
                 for row in res.rows():
                     checks.append({"head": head, "λ": lam, **row})

@@ -37,8 +37,8 @@ def problems(at) -> list[str]:
 
 
 def goto(at, page: str):
-    """Switch to ``pages/<page>.py`` and run it; fail on any exception or error element."""
-    at.switch_page(f"pages/{page}.py").run()
+    """Switch to ``app_pages/<page>.py`` and run it; fail on any exception or error element."""
+    at.switch_page(f"app_pages/{page}.py").run()
     assert not problems(at), problems(at)
     return at
 

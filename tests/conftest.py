@@ -30,11 +30,45 @@ CORPUS = [
 ]
 
 
-def make_tiny_model(folder: Path, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
-    """Write a random tiny Llama and a trained BPE tokenizer into ``folder``."""
+#: Architectures the tiny-model factory builds (each one's own model class and config).
+ARCHITECTURES = ("llama", "qwen2", "gpt2", "gemma")
+
+
+def tiny_config(arch: str, vocab: int, pad: int, layers: int, hidden: int):
+    """A tiny random config of one architecture (no weights, nothing downloaded)."""
+    import transformers
+
+    common = {"vocab_size": vocab, "pad_token_id": pad}
+    if arch == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=4, n_positions=1024, **common
+        )
+    classes = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "gemma": transformers.GemmaConfig,
+    }
+    extra = {"head_dim": hidden // 4} if arch == "gemma" else {}
+    return classes[arch](
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        **extra,
+        **common,
+    )
+
+
+def make_tiny_model(
+    folder: Path, layers: int = 3, hidden: int = 32, seed: int = 0, arch: str = "llama"
+) -> Path:
+    """Write a random tiny model (Llama unless ``arch`` says otherwise) and a trained BPE
+    tokenizer into ``folder``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+    from transformers import AutoModel, PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE(unk_token=None))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -53,17 +87,8 @@ def make_tiny_model(folder: Path, layers: int = 3, hidden: int = 32, seed: int =
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaModel(config)
+    config = tiny_config(arch, len(tokenizer), tokenizer.pad_token_id, layers, hidden)
+    model = AutoModel.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -10,7 +10,7 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from legend_core import demo
+from legend_core import config, demo
 from legend_core.store import Store
 from legend_core.types import PreferencePair
 from tests.app_support import app, button, goto, metrics, problems, wait_until
@@ -93,7 +93,8 @@ def test_review_actions_are_stored_with_the_annotator(flow):
     at.session_state["annotator"] = ""
     at.session_state["_w_annotator"] = ""
     at.run()
-    assert all(button(at, label).disabled for label in ("Accept", "Flip", "Flag", "Override"))
+    labels = ("Accept", "Flip", "Flag", "Override", "Withdraw")
+    assert all(button(at, label).disabled for label in labels)
     assert any("Enter your name" in w.value for w in at.warning)
 
     at.session_state["annotator"] = "alice"
@@ -118,13 +119,26 @@ def test_review_actions_are_stored_with_the_annotator(flow):
         (queue[3], "alice", "flag", None, ""),
     ]
     assert metrics(at)["Pair"] == "5 of 52"
-    assert "4 reviewed · 48 remaining" in _progress_text(at)
+    assert "3 reviewed · 49 remaining" in _progress_text(at)  # a flag is not a verdict
 
-    # Previous goes back; the pair shows its state and its history.
+    # Previous goes back; the pair shows its label, your verdict and its history.
     button(at, "Previous").click().run()
-    assert metrics(at)["State"] == "flagged"
+    assert metrics(at)["Label"] == "flagged" and metrics(at)["Your verdict"] == "none"
+    assert button(at, "Unflag") is not None and button(at, "Withdraw").disabled
     table = at.dataframe[-1].value
     assert table["annotator"].tolist() == ["alice"] and table["action"].tolist() == ["flag"]
+    button(at, "Previous").click().run()
+    assert metrics(at)["Label"] == "flipped" and metrics(at)["Your verdict"] == "flip"
+    # Flip again: still flipped (a verdict, not a toggle); then withdraw it.
+    at.toggle(key="review_advance").set_value(False).run()
+    button(at, "Flip").click().run()
+    assert metrics(at)["Label"] == "flipped"
+    button(at, "Withdraw").click().run()
+    assert metrics(at)["Label"] == "original" and metrics(at)["Your verdict"] == "none"
+    assert store.pair_state(queue[2], run_id).n_verdicts == 0
+    button(at, "Previous").click().run()
+    assert metrics(at)["Your verdict"] == "override +2.500"
+    assert metrics(at)["Reviewed margin"] == "2.500"
 
 
 def test_two_annotators_see_each_others_reviews(flow, tiny_model_dir):
@@ -143,7 +157,8 @@ def test_two_annotators_see_each_others_reviews(flow, tiny_model_dir):
     bob.run()  # any rerun re-reads the database
     history = bob.dataframe[-1].value
     assert history["annotator"].tolist() == ["carol"]
-    assert metrics(bob)["Effective margin"] == "-1.000"
+    assert metrics(bob)["Reviewed margin"] == "-1.000"  # as shown: as imported
+    assert metrics(bob)["Label"] == "flipped"
     monkeypatch.undo()
 
 
@@ -161,14 +176,14 @@ def test_an_annotator_can_choose_blind_review(flow, tiny_model_dir):
     dan.run()
     dan.sidebar.toggle(key="_w_blind_self").set_value(True).run()
     goto(dan, "review")
-    assert metrics(dan)["Effective margin"] == "hidden"
+    assert metrics(dan)["Reviewed margin"] == "hidden"
     reviewed, remaining = store.review_counts(run_id, annotator="dan")
     assert f"{reviewed} reviewed by you · {remaining:,} remaining" in _progress_text(dan)
     assert "erin" not in " ".join(d.value.to_string() for d in dan.dataframe)
     button(dan, "Accept").click().run()
     dan.session_state["review_current"] = pair
     dan.run()
-    assert metrics(dan)["Effective margin"] == "4.500"  # reviewed: others' verdicts show
+    assert metrics(dan)["Reviewed margin"] == "4.500"  # reviewed: others' verdicts show
     monkeypatch.undo()
 
 
@@ -188,7 +203,29 @@ def test_export_downloads_reviewed_margins_and_manifest(flow):
     assert manifest["format"] == "jsonl" and manifest["filters"]["reviewed_only"] is True
     assert manifest["run"]["id"] == run_id
     rows = store.run_frame(run_id)
-    assert manifest["counts"]["rows"] == int((rows["n_reviews"] > 0).sum() - rows["flagged"].sum())
+    kept = (rows["n_verdicts"] > 0) & ~rows["disputed"]
+    if config.DEFAULT_EXCLUDE_FLAGGED:
+        kept &= ~rows["flagged"]
+    assert manifest["counts"]["rows"] == int(kept.sum())
+
+
+def test_export_page_scale_defaults_and_choice(flow):
+    url, at, _ = flow
+    goto(at, "export")
+    # One default each, shared with the command line (legend_core.config).
+    assert at.selectbox(key="export_scale").value == config.DEFAULT_MARGIN_SCALE
+    assert at.checkbox(key="export_flagged").value is config.DEFAULT_EXCLUDE_FLAGGED
+    at.selectbox(key="export_scale").select("bins").run()
+    at.number_input(key="export_bins").set_value(3).run()
+    button(at, "Export", startswith=True).click().run()
+    assert not problems(at)
+    manifest = json.loads(at.get("json")[0].proto.body)
+    assert manifest["margin"]["scale"] == "bins"
+    assert manifest["margin"]["parameters"]["bins"] == 3
+    assert manifest["filters"]["exclude_flagged"] is config.DEFAULT_EXCLUDE_FLAGGED
+    assert any("bins scale" in c.value for c in at.caption)
+    at.selectbox(key="export_scale").select("none").run()
+    assert "export_bins" not in [n.key for n in at.number_input]
 
 
 def _reviews(store: Store, pair_ids):

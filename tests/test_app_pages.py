@@ -88,8 +88,9 @@ def test_data_page_shows_the_format_error_with_line_and_field(monkeypatch, db, t
         + "\n",
         encoding="utf-8",
     )
+    monkeypatch.setenv("LEGEND_DATA_DIR", str(tmp_path))
     at = app(monkeypatch, db).run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("app_pages/data.py").run()
     at.text_input(key="pairs_path").input(str(bad)).run()
     assert [e.value for e in at.error] == ["This file cannot be imported."]
     message = " ".join(t.value for t in at.text)
@@ -104,9 +105,10 @@ def test_data_page_imports_a_contrastive_set(monkeypatch, db, tmp_path):
         "Do harm,Sure here is how to do harm\n",
         encoding="utf-8",
     )
+    monkeypatch.setenv("LEGEND_DATA_DIR", str(tmp_path))
     at = app(monkeypatch, db).run()
     goto(at, "data")
-    at.text_input(key="contrast_path").input(str(advbench)).run()
+    at.text_input(key="contrast_path").input("advbench.csv").run()  # relative to the folder
     next(t for t in at.text_input if t.key.startswith("contrast_name_")).input("adv").run()
     button(at, "Import contrastive set").click().run()
     assert not problems(at)

@@ -127,3 +127,84 @@ def test_import_review_export_through_the_shell(tmp_path, capsys):
     history = capsys.readouterr().out
     assert "ana  flag" in history and "(check)" in history
     assert main(["review", "--pair", "1", "--action", "flag", "--db", db]) == 2
+
+
+def test_review_verdicts_from_the_shell_follow_the_policy(tmp_path, capsys, monkeypatch):
+    """accept|flip|override|withdraw mean the same from the shell: absolute verdicts, the
+    latest per annotator, several annotators resolved, an admin named in the users file."""
+    import numpy as np
+
+    from legend_core.auth import add_user
+    from legend_core.directions import Direction
+    from legend_core.types import PreferencePair
+
+    monkeypatch.delenv("LEGEND_AUTH_FILE", raising=False)
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    with Store(db) as store:
+        pairs = [PreferencePair(f"p{i}", f"c{i}", f"r{i}") for i in range(3)]
+        dataset_id = store.add_dataset("d", pairs)
+        direction = Direction(np.ones(4, np.float32), "tiny", 1, "last", "alpaca", "mean_diff")
+        run_id = store.start_run(dataset_id, store.add_direction(direction), {})
+        ids = [p.id for p in store.pairs_missing_margins(run_id)]
+        store.add_margins(run_id, ids, [1.0, 2.0, 3.0])
+
+    def review(pair: int, action: str, who: str, *extra: str) -> str:
+        args = ["review", "--pair", str(pair), "--action", action, "--annotator", who]
+        assert main([*args, "--run", str(run_id), *extra, "--db", db]) == 0
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    assert review(ids[0], "flip", "ana").startswith("label: swapped (single, decided by ana")
+    assert review(ids[0], "flip", "ana").startswith("label: swapped (single")  # no toggle
+    assert "unanimous, decided by ana, bob; 2 verdicts" in review(ids[0], "flip", "bob")
+    assert review(ids[1], "override", "ana", "--value", "-0.5").endswith(
+        "margin +0.5000 (relative to the exported chosen)"
+    )
+    assert review(ids[1], "flip", "ana").endswith(
+        "margin -2.0000 (relative to the exported chosen)"
+    )
+    assert review(ids[2], "flip", "ana").startswith("label: swapped")
+    assert review(ids[2], "accept", "bob").startswith("label: as imported (disputed; 2 verdicts")
+    assert review(ids[2], "withdraw", "bob").startswith("label: swapped (single")
+    assert review(ids[2], "accept", "boss").startswith("label: as imported (disputed")
+
+    out = tmp_path / "out.jsonl"
+    export = ["export", "--run", str(run_id), "--out", str(out), "--scale", "none"]
+    assert main([*export, "--db", db]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"], r["chosen"], r["margin"]) for r in rows] == [
+        ("p0", "r0", -1.0),
+        ("p1", "r1", -2.0),
+    ]  # p2 is disputed: left out
+    assert main([*export, "--include-disputed", "--provenance", "--db", db]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["disputed"] for r in rows] == [False, False, True]
+
+    users = tmp_path / "users.json"
+    add_user(users, "boss", "boss-password", "admin")
+    monkeypatch.setenv("LEGEND_AUTH_FILE", str(users))
+    assert main([*export, "--provenance", "--db", db]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (rows[2]["label_source"], rows[2]["decided_by"], rows[2]["chosen"]) == (
+        "admin",
+        "boss",
+        "c2",
+    )
+    assert json.loads(out.with_name("out.jsonl.manifest.json").read_text())["reviews"][
+        "admins"
+    ] == ["boss"]
+    assert (
+        main(
+            [
+                "review",
+                "--pair",
+                str(ids[0]),
+                "--action",
+                "withdraw",
+                "--annotator",
+                "cy",
+                "--db",
+                db,
+            ]
+        )
+        == 2
+    )  # cy has no verdict to withdraw: a one-line error

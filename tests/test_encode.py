@@ -207,6 +207,9 @@ def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
     prompts = [f"question {'x ' * (4 + 6 * i)}" for i in range(12)]
     chosen = [f"answer {'y ' * (40 - 3 * i)}" for i in range(12)]
     rejected = [f"no {'z ' * (38 - 3 * i)}" for i in range(12)]
+    from legend_core.encode import packing_verified
+
+    assert packing_verified(tiny_lm)  # the once-per-model check runs its own passes
     calls = []
     hook = tiny_lm.model.register_forward_pre_hook(
         lambda _m, _a, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
@@ -237,3 +240,79 @@ def test_default_batch_tokens_grow_with_cpu_threads(tiny_lm, monkeypatch):
     assert default_batch_tokens(tiny_lm) == CPU_MIN_BATCH_TOKENS
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     assert default_batch_tokens(tiny_lm) == 16 * 512
+
+
+@pytest.fixture(scope="module", params=["qwen2", "gpt2", "gemma"])
+def other_lm(request, tmp_path_factory):
+    """Tiny random models of other architectures than Llama (own masks, own positions)."""
+    from legend_core.models import load_model
+    from tests.conftest import make_tiny_model
+
+    folder = make_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
+    return load_model(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_packed_pairs_equal_separate_passes_on_other_architectures(other_lm, pooling):
+    from legend_core.encode import encode_pairs, packing_verified
+
+    assert packing_verified(other_lm), other_lm.packing_note
+    settings = EncodeSettings(pooling=pooling)
+    c, r = encode_pairs(other_lm, PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED, settings=settings)
+    alone_c = encode(other_lm, PAIR_PROMPTS, PAIR_CHOSEN, settings=settings)
+    alone_r = encode(other_lm, PAIR_PROMPTS, PAIR_REJECTED, settings=settings)
+    for layer in range(other_lm.num_layers + 1):
+        np.testing.assert_allclose(c.vectors[layer], alone_c.vectors[layer], atol=1e-5)
+        np.testing.assert_allclose(r.vectors[layer], alone_r.vectors[layer], atol=1e-5)
+
+
+@pytest.mark.parametrize("ignores", ["mask", "mask and positions"])
+def test_a_model_that_ignores_the_packed_mask_gets_separate_passes(tiny_model_dir, ignores):
+    """Such a model would let the rejected tail see the chosen tail: the self-check finds it
+    once, says so, and every later call encodes the two responses apart."""
+    from legend_core.encode import encode_pairs, packing_verified
+    from legend_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    forward = lm.model.forward
+
+    def own_mask(*args, attention_mask=None, position_ids=None, **kwargs):
+        if ignores == "mask":
+            kwargs["position_ids"] = position_ids
+        return forward(*args, **kwargs)
+
+    lm.model.forward = own_mask
+    assert packing_verified(lm) is False
+    assert "does not honour a packed pair" in lm.packing_note
+    settings = EncodeSettings(pooling="mean")
+    c, r = encode_pairs(lm, PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED, settings=settings)
+    alone_r = encode(lm, PAIR_PROMPTS, PAIR_REJECTED, settings=settings)
+    for layer in r.vectors:
+        np.testing.assert_array_equal(r.vectors[layer], alone_r.vectors[layer])
+
+
+def test_flash_attention_is_not_packed(tiny_model_dir):
+    from legend_core.encode import packing_verified
+    from legend_core.models import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    lm.model.config._attn_implementation = "flash_attention_2"
+    assert packing_verified(lm) is False
+    assert "flash_attention_2" in lm.packing_note
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
+def test_pooling_moves_masks_to_the_layer_device(pooling):
+    """With layers spread over devices a hidden state may live elsewhere than the masks
+    (built on the input device). Here the layer sits on the meta device, the masks on the
+    CPU: pooling must follow the hidden state (this machine has one real device)."""
+    from legend_core.encode import _pool
+
+    hidden = torch.empty((2, 5, 8), device="meta")
+    masks = {
+        "last": torch.tensor([4, 2]),
+        "response": torch.ones((2, 5), dtype=torch.bool),
+        "all": torch.ones((2, 5), dtype=torch.long),
+    }
+    pooled = _pool(hidden, masks, pooling)
+    assert pooled.device.type == "meta" and tuple(pooled.shape) == (2, 8)

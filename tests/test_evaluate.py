@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from legend_core import config
 from legend_core import evaluate as ev
 
 
@@ -212,13 +213,19 @@ def test_mlp_head_runs_and_settings_are_checked():
         ev.reward_model_check(chosen, rejected, np.full(80, np.nan))
 
 
-def test_margin_scaling_keeps_sign_and_zero():
-    m = np.array([-2.0, 0.0, 2.0, 4.0])
-    scaled = ev.scale_margins(m, "rms")
-    assert np.sqrt(np.mean(scaled**2)) == pytest.approx(1.0)
-    np.testing.assert_array_equal(np.sign(scaled), np.sign(m))
-    np.testing.assert_array_equal(ev.scale_margins(m, "none"), m)
-    np.testing.assert_array_equal(ev.scale_margins(np.zeros(3), "rms"), np.zeros(3))
+def test_reward_check_scales_margins_like_the_export():
+    assert ev.RewardSettings().margin_scale == config.DEFAULT_MARGIN_SCALE
+    with pytest.raises(ValueError, match="margin scale"):
+        ev.RewardSettings(margin_scale="zscore")
+    with pytest.raises(ValueError, match="margin_bins"):
+        ev.RewardSettings(margin_scale="bins", margin_bins=1)
+    chosen, rejected, gap, _ = bt_pairs(n=60, d=4)
+    for how in ("rms", "std", "minmax", "bins"):
+        # A scale computed on the margins makes the check blind to their units (x4 is exact).
+        settings = ev.RewardSettings(seeds=2, steps=30, margin_scale=how)
+        first = ev.reward_model_check(chosen, rejected, gap, settings)
+        again = ev.reward_model_check(chosen, rejected, 4 * gap, settings)
+        assert first.variants["margin"].accuracies == again.variants["margin"].accuracies
 
 
 def test_large_data_sets_are_subsampled():

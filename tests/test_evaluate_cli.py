@@ -26,6 +26,12 @@ def test_evaluate_a_stored_run(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["agreement"][0]["n"] == 300
     assert len(saved["reward_check"]["variants"]["margin"]) == 5
+    # The check scales margins as the export does by default, or as asked.
+    assert f"margins scaled: {config.DEFAULT_MARGIN_SCALE}" in printed
+    assert saved["reward_check"]["settings"]["margin_scale"] == config.DEFAULT_MARGIN_SCALE
+    run = ["evaluate", "--run", str(ids["run_id"]), "--db", url, "--seeds", "1"]
+    assert main([*run, "--scale", "bins", "--scale-bins", "3", "--boot", "100"]) == 0
+    assert "margins scaled: bins" in capsys.readouterr().out
 
 
 def test_evaluate_a_file_and_reuse_its_embeddings(tmp_path, capsys, tiny_model_dir):

@@ -6,26 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_support import ROOT, large_db, metrics, problems
+from legend_core import config
+from tests.app_support import APP, large_db, metrics, problems
 
-PAGE = "pages/evaluate.py"
+PAGE = "app_pages/evaluate.py"
 
 
 def page(monkeypatch, db_url: str, folder: Path):
-    """The app with the Evaluate page open; registered here if app.py does not list it yet."""
+    """The app with the Evaluate page open (``folder`` is unused: kept for the callers)."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("LEGEND_DB", db_url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    entry = (ROOT / "app.py").read_text(encoding="utf-8")
-    if PAGE not in entry:
-        entry = entry.replace(
-            "PAGES = [", f'PAGES = [\n    st.Page("{PAGE}", title="Evaluate"),', 1
-        )
-    (folder / "app.py").write_text(entry, encoding="utf-8")
-    if not (folder / "pages").exists():
-        (folder / "pages").symlink_to(ROOT / "pages", target_is_directory=True)
-    at = AppTest.from_file(str(folder / "app.py"), default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=120).run()
     assert not problems(at), problems(at)
     at.switch_page(PAGE).run()
     return at
@@ -56,6 +49,8 @@ def test_agreement_baselines_and_reward_check(monkeypatch, small_db, tmp_path: P
     # The synthetic direction leans toward the chosen side: above the random directions.
     assert table["agreement"][0] > table["agreement"][4]
 
+    # The check scales margins as an export does by default.
+    assert at.selectbox(key="eval_scale").value == config.DEFAULT_MARGIN_SCALE
     at.number_input(key="eval_lam").set_value(2.0)
     next(b for b in at.button if b.label == "Run the reward-model check").click().run()
     assert not problems(at), problems(at)
@@ -64,3 +59,4 @@ def test_agreement_baselines_and_reward_check(monkeypatch, small_db, tmp_path: P
     differences = at.dataframe[2].value
     assert "margin - shuffled" in differences["difference"].tolist()
     assert any("λ = 2" in t.value for t in at.text)
+    assert any(f"on the {config.DEFAULT_MARGIN_SCALE} scale" in t.value for t in at.text)

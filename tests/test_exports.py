@@ -15,6 +15,7 @@ from legend_core import __version__
 from legend_core.directions import Direction
 from legend_core.exports import export_dataset, export_frame
 from legend_core.formats import read_pairs, write_pairs
+from legend_core.review_policy import POLICY_TEXT
 from legend_core.store import Store
 from legend_core.types import PreferencePair
 from tests.test_store import fresh_db_url
@@ -33,8 +34,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def reviewed(store: Store, tmp_path: Path) -> tuple[int, list[int], list[PreferencePair]]:
     """An imported file, annotated with MARGINS, reviewed: returns (run, pair ids, pairs).
 
-    Pair 0 is overridden to 0.75, pair 1 flipped, pair 2 flipped twice (back), pair 3
-    flagged, pair 4 flagged then unflagged, pair 5 untouched.
+    Pair 0 is overridden to 0.75, pair 1 flipped, pair 2 flipped then accepted by one
+    annotator (as imported: the latest verdict wins), pair 3 flagged, pair 4 flagged then
+    unflagged by the same annotator, pair 5 untouched.
     """
     pairs = [
         PreferencePair(f"Question {i}: <b>how</b>?", f"Answer ✓ {i}\nline 2", f'Bad, "{i}"')
@@ -49,15 +51,18 @@ def reviewed(store: Store, tmp_path: Path) -> tuple[int, list[int], list[Prefere
     store.finish_run(run_id)
     store.add_review(ids[0], "ann", "override", 0.75, note="too sure", run_id=run_id)
     store.add_review(ids[1], "ann", "flip", run_id=run_id)
-    store.add_review(ids[2], "ann", "flip", run_id=run_id)
     store.add_review(ids[2], "bob", "flip", run_id=run_id)
+    store.add_review(ids[2], "bob", "accept", run_id=run_id)
     store.add_review(ids[3], "bob", "flag", run_id=run_id)
     store.add_review(ids[4], "bob", "flag", run_id=run_id)
-    store.add_review(ids[4], "ann", "unflag", run_id=run_id)
+    store.add_review(ids[4], "bob", "unflag", run_id=run_id)
     return run_id, ids, pairs
 
 
 EXPECTED_MARGIN = [0.75, 0.5, 0.25, -2.0, 3.0, 0.0]
+# Unscaled margins and every pair: what most tests below check. The defaults (a scale,
+# flagged pairs left out) are tested in tests/test_export_scales.py.
+RAW = {"scale": "none", "exclude_flagged": False}
 
 
 def check_trl_columns(frame: pd.DataFrame) -> None:
@@ -71,36 +76,39 @@ def check_trl_columns(frame: pd.DataFrame) -> None:
 
 def test_export_frame_applies_reviews(store: Store, reviewed) -> None:
     run_id, ids, pairs = reviewed
-    frame = export_frame(store, run_id)
+    frame = export_frame(store, run_id, **RAW)
     check_trl_columns(frame)
     assert list(frame.columns) == ["prompt", "chosen", "rejected", "margin"]
     assert frame["margin"].tolist() == EXPECTED_MARGIN
     assert frame["prompt"].tolist() == [p.prompt for p in pairs]
-    # Pair 1 is flipped: swapped texts, negated margin. Pair 2 was flipped back.
+    # Pair 1 is flipped: swapped texts, negated margin. Pair 2 was accepted after its flip.
     assert (frame["chosen"][1], frame["rejected"][1]) == (pairs[1].rejected, pairs[1].chosen)
     assert (frame["chosen"][2], frame["rejected"][2]) == (pairs[2].chosen, pairs[2].rejected)
 
 
 def test_export_frame_provenance(store: Store, reviewed) -> None:
     run_id, ids, _ = reviewed
-    frame = export_frame(store, run_id, provenance=True)
+    frame = export_frame(store, run_id, provenance=True, **RAW)
     check_trl_columns(frame)
     assert frame["pair_id"].tolist() == ids
     assert frame["computed_margin"].tolist() == [1.5, 0.5, 0.25, -2.0, 3.0, 0.0]
     assert frame["reviewed_margin"][0] == 0.75 and frame["reviewed_margin"][1:].isna().all()
     assert frame["flipped"].tolist() == [False, True, False, False, False, False]
     assert frame["flagged"].tolist() == [False, False, False, True, False, False]
-    assert frame["annotator"].tolist() == ["ann", "ann", "bob", "bob", "ann", ""]
+    assert frame["decided_by"].tolist() == ["ann", "ann", "bob", "", "", ""]
+    assert frame["label_source"].tolist() == ["single"] * 3 + ["none"] * 3
+    assert frame["n_verdicts"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert not frame["disputed"].any()
     assert set(frame["model"]) == {"tiny"} and set(frame["layer"]) == {3}
     assert frame["direction_id"].nunique() == 1
 
 
 def test_export_filters(store: Store, reviewed) -> None:
     run_id, ids, _ = reviewed
-    assert len(export_frame(store, run_id, reviewed_only=True)) == 5
+    assert len(export_frame(store, run_id, reviewed_only=True)) == 3  # a flag is no verdict
     unflagged = export_frame(store, run_id, exclude_flagged=True, provenance=True)
     assert ids[3] not in unflagged["pair_id"].tolist() and len(unflagged) == 5
-    ranged = export_frame(store, run_id, margin_range=(0.0, 1.0))
+    ranged = export_frame(store, run_id, margin_range=(0.0, 1.0), **RAW)
     assert ranged["margin"].tolist() == [0.75, 0.5, 0.25, 0.0]  # inclusive, effective margin
     with pytest.raises(ValueError, match="low <= high"):
         export_frame(store, run_id, margin_range=(1.0, 0.0))
@@ -108,14 +116,12 @@ def test_export_filters(store: Store, reviewed) -> None:
 
 def test_export_bins(store: Store, reviewed) -> None:
     run_id, _, _ = reviewed
-    binned = export_frame(store, run_id, bins=3, provenance=True)
+    binned = export_frame(store, run_id, bins=3, provenance=True, exclude_flagged=False)
     check_trl_columns(binned)
-    assert binned["margin_continuous"].tolist() == EXPECTED_MARGIN
-    assert set(binned["margin"]) == {0.0, 1.0, 2.0}
-    # Bins follow the order of the margins.
-    order = np.argsort(binned["margin_continuous"].to_numpy(), kind="stable")
-    assert np.all(np.diff(binned["margin"].to_numpy()[order]) >= 0)
-    assert "margin_continuous" not in export_frame(store, run_id, bins=3).columns
+    assert binned["margin_unscaled"].tolist() == EXPECTED_MARGIN
+    # Thirds of |m| (0, 0.25 | 0.5, 0.75 | 2, 3) with the sign: -2 stays on the harmful side.
+    assert binned["margin"].tolist() == [1.0, 1.0, 0.0, -2.0, 2.0, 0.0]
+    assert "margin_unscaled" not in export_frame(store, run_id, bins=3).columns
     with pytest.raises(ValueError, match="bins"):
         export_frame(store, run_id, bins=1)
 
@@ -133,16 +139,16 @@ def test_unfinished_run_exports_only_margined_pairs(store: Store, tmp_path: Path
     manifest = export_dataset(store, run_id, tmp_path / "partial.jsonl")
     assert manifest["counts"]["rows"] == 3
     assert manifest["counts"]["missing_margin_excluded"] == 1
-    frame = export_frame(store, run_id)
+    frame = export_frame(store, run_id, **RAW)
     assert frame["margin"].tolist() == [0.5, -0.5, 2.0]
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
 def test_export_reimport_round_trip(store: Store, reviewed, tmp_path: Path, suffix: str) -> None:
     run_id, _, pairs = reviewed
-    before = export_frame(store, run_id)
+    before = export_frame(store, run_id, **RAW)
     out = tmp_path / f"export.{suffix}"
-    manifest = export_dataset(store, run_id, out)
+    manifest = export_dataset(store, run_id, out, **RAW)
     assert manifest["format"] == suffix and out.exists()
 
     report = read_pairs(out)
@@ -171,7 +177,7 @@ def test_exported_floats_are_exact(store: Store, tmp_path: Path) -> None:
     store.add_margins(run_id, [p.id for p in store.pairs_missing_margins(run_id)], values)
     for suffix in ("jsonl", "csv", "parquet"):
         out = tmp_path / f"x.{suffix}"
-        export_dataset(store, run_id, out)
+        export_dataset(store, run_id, out, **RAW)
         got = [float(p.meta["margin"]) for p in read_pairs(out).pairs]
         assert got == [float(v) for v in values], suffix
 
@@ -190,21 +196,33 @@ def test_manifest(store: Store, reviewed, tmp_path: Path) -> None:
     assert manifest["counts"] == {
         "pairs_in_dataset": 6,
         "missing_margin_excluded": 0,
+        "disputed_excluded": 0,
         "flagged_excluded": 1,
         "out_of_range_excluded": 0,
         "rows": 5,
         "flipped": 1,
         "overridden": 1,
         "flagged": 0,
+        "disputed": 0,
+        "label_admin": 0,
+        "label_unanimous": 0,
+        "label_majority": 0,
+        "label_single": 3,
+        "label_disputed": 0,
+        "label_none": 2,
     }
     assert manifest["filters"] == {
         "provenance": True,
         "reviewed_only": False,
         "exclude_flagged": True,
         "margin_range": [-5, 5],
+        "include_disputed": False,
+        "scale": "bins",
         "bins": 2,
     }
-    assert manifest["margin"]["binned"] and len(manifest["margin"]["bin_edges"]) == 1
+    assert manifest["reviews"] == {"policy": POLICY_TEXT, "admins": []}
+    assert manifest["margin"]["scale"] == "bins"
+    assert manifest["margin"]["parameters"] == {"bins": 2, "edges": [0.5]}
     direction = manifest["direction"]
     assert (direction["model"], direction["layer"], direction["method"]) == ("tiny", 3, "mean_diff")
     assert "vector" not in direction and direction["dim"] == 8
@@ -215,7 +233,7 @@ def test_manifest(store: Store, reviewed, tmp_path: Path) -> None:
         "chosen",
         "rejected",
         "margin",
-        "margin_continuous",
+        "margin_unscaled",
     ]
     assert len(out.read_text(encoding="utf-8").splitlines()) == 5
 
@@ -237,7 +255,7 @@ def test_huggingface_datasets_loads_the_export(store: Store, reviewed, tmp_path:
     run_id, _, _ = reviewed
     for suffix, builder in (("jsonl", "json"), ("parquet", "parquet")):
         out = tmp_path / f"train.{suffix}"
-        export_dataset(store, run_id, out, provenance=True)
+        export_dataset(store, run_id, out, provenance=True, **RAW)
         ds = datasets.load_dataset(
             builder, data_files=str(out), split="train", cache_dir=str(tmp_path / "hf")
         )
@@ -259,7 +277,7 @@ def test_trl_reward_trainer_accepts_the_export(
 
     run_id, _, _ = reviewed
     out = tmp_path / "train.jsonl"
-    export_dataset(store, run_id, out)
+    export_dataset(store, run_id, out, **RAW)
     ds = datasets.load_dataset(
         "json", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf")
     )
@@ -286,3 +304,105 @@ def test_trl_reward_trainer_accepts_the_export(
     assert set(batch["margin"].tolist()) <= set(EXPECTED_MARGIN)
     result = trainer.train()
     assert np.isfinite(result.training_loss)
+
+
+# --- several annotators: the review policy applied (legend_core.review_policy) ---------------
+
+
+@pytest.fixture
+def fresh_run(store: Store) -> tuple[int, int, list[int]]:
+    """A data set of four pairs with margins 1, 2, -3, 4: (data set, run, pair ids)."""
+    pairs = [PreferencePair(f"p{i}", f"chosen {i}", f"rejected {i}") for i in range(4)]
+    dataset_id = store.add_dataset("team", pairs)
+    direction = Direction(np.ones(4, np.float32), "tiny", 1, "last", "alpaca", "mean_diff")
+    run_id = store.start_run(dataset_id, store.add_direction(direction), {"dtype": "float32"})
+    ids = [p.id for p in store.pairs_missing_margins(run_id)]
+    store.add_margins(run_id, ids, [1.0, 2.0, -3.0, 4.0])
+    return dataset_id, run_id, ids
+
+
+def rows_by_prompt(frame: pd.DataFrame) -> dict[str, dict]:
+    return {r["prompt"]: r for r in frame.to_dict("records")}
+
+
+def test_two_annotators_who_flip_export_the_pair_swapped(store: Store, fresh_run) -> None:
+    _, run_id, ids = fresh_run
+    store.add_review(ids[0], "ann", "flip", run_id=run_id)
+    store.add_review(ids[0], "bob", "flip", run_id=run_id)
+    # One annotator: flip, then accept: the latest verdict, as imported.
+    store.add_review(ids[1], "ann", "flip", run_id=run_id)
+    store.add_review(ids[1], "ann", "accept", run_id=run_id)
+    # Override, then flip: the flip stands, the computed margin relative to the new chosen.
+    store.add_review(ids[2], "bob", "override", 5.0, run_id=run_id)
+    store.add_review(ids[2], "bob", "flip", run_id=run_id)
+    rows = rows_by_prompt(export_frame(store, run_id, scale="none", provenance=True))
+    assert (rows["p0"]["chosen"], rows["p0"]["rejected"]) == ("rejected 0", "chosen 0")
+    assert rows["p0"]["margin"] == -1.0 and rows["p0"]["label_source"] == "unanimous"
+    assert rows["p0"]["decided_by"] == "ann, bob" and rows["p0"]["n_verdicts"] == 2
+    assert (rows["p1"]["chosen"], rows["p1"]["margin"]) == ("chosen 1", 2.0)
+    assert (rows["p2"]["chosen"], rows["p2"]["margin"]) == ("rejected 2", 3.0)
+    assert np.isnan(rows["p2"]["reviewed_margin"]) and rows["p2"]["computed_margin"] == 3.0
+
+
+def test_a_tie_is_disputed_and_left_out_unless_asked(store: Store, fresh_run, tmp_path) -> None:
+    _, run_id, ids = fresh_run
+    store.add_review(ids[3], "ann", "flip", run_id=run_id)
+    store.add_review(ids[3], "bob", "override", 2.5, run_id=run_id)
+    frame = export_frame(store, run_id, scale="none")
+    assert "p3" not in set(frame["prompt"]) and len(frame) == 3
+    manifest = export_dataset(store, run_id, tmp_path / "out.jsonl", scale="none")
+    assert manifest["counts"]["disputed_excluded"] == 1 and manifest["counts"]["rows"] == 3
+    assert manifest["filters"]["include_disputed"] is False
+    assert "disputed" in manifest["reviews"]["policy"]
+    # Asked for: exported as imported with the computed margin, and marked.
+    kept = export_frame(store, run_id, scale="none", include_disputed=True, provenance=True)
+    row = rows_by_prompt(kept)["p3"]
+    assert (row["chosen"], row["margin"], row["disputed"]) == ("chosen 3", 4.0, True)
+    assert row["label_source"] == "disputed" and row["decided_by"] == ""
+    manifest = export_dataset(
+        store, run_id, tmp_path / "all.jsonl", scale="none", include_disputed=True
+    )
+    assert manifest["counts"]["disputed"] == 1 and "disputed_excluded" not in manifest["counts"]
+
+
+def test_an_admin_verdict_wins_over_the_majority(store: Store, fresh_run, tmp_path) -> None:
+    _, run_id, ids = fresh_run
+    for name in ("ann", "bob"):
+        store.add_review(ids[0], name, "flip", run_id=run_id)
+    store.add_review(ids[0], "ada", "override", 0.5, run_id=run_id)
+    as_voters = rows_by_prompt(export_frame(store, run_id, scale="none", provenance=True))
+    assert as_voters["p0"]["label_source"] == "majority"
+    assert as_voters["p0"]["chosen"] == "rejected 0"
+    judged = export_frame(store, run_id, scale="none", provenance=True, admins={"ada"})
+    row = rows_by_prompt(judged)["p0"]
+    assert (row["chosen"], row["margin"], row["reviewed_margin"]) == ("chosen 0", 0.5, 0.5)
+    assert (row["label_source"], row["decided_by"]) == ("admin", "ada")
+    manifest = export_dataset(store, run_id, tmp_path / "a.jsonl", admins={"ada"})
+    assert manifest["reviews"]["admins"] == ["ada"] and manifest["counts"]["label_admin"] == 1
+
+
+def test_withdraw_in_exports(store: Store, fresh_run) -> None:
+    _, run_id, ids = fresh_run
+    store.add_review(ids[1], "ann", "flip", run_id=run_id)
+    store.add_review(ids[1], "bob", "accept", run_id=run_id)
+    store.add_review(ids[1], "bob", "withdraw", run_id=run_id)
+    row = rows_by_prompt(export_frame(store, run_id, scale="none", provenance=True))["p1"]
+    assert (row["chosen"], row["margin"], row["label_source"]) == ("rejected 1", -2.0, "single")
+    store.add_review(ids[1], "ann", "withdraw", run_id=run_id)
+    assert len(export_frame(store, run_id, scale="none", reviewed_only=True)) == 0
+
+
+def test_reviews_made_on_one_run_export_with_the_next(store: Store, fresh_run) -> None:
+    """Another dtype of the same data set and direction is a new run: it exports the
+    reviews made on the first."""
+    dataset_id, run_a, ids = fresh_run
+    store.add_review(ids[0], "ann", "flip", run_id=run_a)
+    store.add_review(ids[1], "ann", "override", 9.0, run_id=run_a)
+    direction_id = store.get_run(run_a).direction_id
+    run_b = store.start_run(dataset_id, direction_id, {"dtype": "bfloat16"})
+    assert run_b != run_a
+    store.add_margins(run_b, ids, [1.25, 2.25, -3.25, 4.25])
+    rows = rows_by_prompt(export_frame(store, run_b, scale="none", reviewed_only=True))
+    assert set(rows) == {"p0", "p1"}
+    assert (rows["p0"]["chosen"], rows["p0"]["margin"]) == ("rejected 0", -1.25)
+    assert rows["p1"]["margin"] == 9.0

@@ -33,9 +33,7 @@ def test_pca_finds_the_main_axis_with_a_fixed_sign():
 
 def test_pca_in_chunks_matches_a_full_svd():
     rng = np.random.default_rng(3)
-    x = (rng.normal(size=(maps.PCA_CHUNK + 1_500, 24)) * np.linspace(5, 0.1, 24)).astype(
-        np.float32
-    )
+    x = (rng.normal(size=(maps.PCA_CHUNK + 1_500, 24)) * np.linspace(5, 0.1, 24)).astype(np.float32)
     got = maps.pca(x, 3)
     centred = x.astype(np.float64) - x.astype(np.float64).mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -80,3 +78,40 @@ def test_bad_inputs_are_refused():
         maps.embed_2d(np.zeros(5))
     with pytest.raises(ValueError):
         maps.embed_2d(np.zeros((5, 2)), "tsne")
+
+
+def test_nearest_neighbours_are_exact_with_each_point_first():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 12)).astype(np.float32)
+    x[7] = x[3]  # a duplicate: its twin comes right after itself, at distance ~0
+    indices, distances = maps.nearest_neighbours(x, 6)
+    assert indices.shape == distances.shape == (300, 6) and indices.dtype == np.int32
+    assert np.array_equal(indices[:, 0], np.arange(300)) and not distances[:, 0].any()
+    full = np.linalg.norm(x[:, None, :].astype(np.float64) - x[None, :, :], axis=-1)
+    np.fill_diagonal(full, np.inf)
+    expected = np.sort(full, axis=1)[:, :5]
+    np.testing.assert_allclose(distances[:, 1:], expected, rtol=1e-5, atol=1e-6)
+    picked = full[np.arange(300)[:, None], indices[:, 1:]]  # the indices match the distances
+    np.testing.assert_allclose(picked, distances[:, 1:], rtol=1e-5, atol=1e-6)
+    assert indices[3, 1] == 7 and indices[7, 1] == 3 and distances[3, 1] < 1e-6
+
+
+def test_umap_with_exact_neighbours_is_seeded_and_keeps_clusters(monkeypatch):
+    # The path taken above EXACT_MAX points, tried on a small set by lowering the bound.
+    monkeypatch.setattr(maps, "EXACT_MAX", 50)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (150, 64)), rng.normal(6, 1, (150, 64))])
+    first, second = maps.umap(x, seed=3), maps.umap(x, seed=3)
+    assert first.shape == (300, 2) and np.isfinite(first).all()
+    assert np.array_equal(first, second)
+    gap = np.linalg.norm(first[150:].mean(0) - first[:150].mean(0))
+    assert gap > 2 * first[:150].std(0).max()
+    # The exact neighbours are what UMAP was given: pynndescent's graph is not used.
+    calls = []
+    real = maps.nearest_neighbours
+    monkeypatch.setattr(maps, "nearest_neighbours", lambda x, k: calls.append(k) or real(x, k))
+    maps.umap(x, seed=3, n_neighbors=10)
+    assert calls == [10]
+    monkeypatch.setattr(maps, "EXACT_KNN_MAX", 100)  # above it: pynndescent, as before
+    maps.umap(x, seed=3)
+    assert calls == [10]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from legend_core.migrations import HEAD, MIGRATIONS_DIR, alembic_config
 from legend_core.schema import Base
 from legend_core.store import EmbeddingSpace, Store, make_engine, text_key
+from legend_core.types import PreferencePair
 
 
 def revision_of(url: str) -> str | None:
@@ -40,7 +41,7 @@ def test_migrations_ship_inside_the_package() -> None:
         assert (MIGRATIONS_DIR / name).is_file()
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD
-    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
 
 
 def test_fresh_database_is_at_head_and_matches_the_models(tmp_path: Path) -> None:
@@ -240,6 +241,130 @@ def test_upgrade_to_0003_keeps_old_cache_apart_from_new_dtypes(tmp_path: Path) -
             space = EmbeddingSpace.from_settings(old_run | {"model_dtype": dtype})
             assert space.key() != legacy.key()
             assert store.get_embeddings(space, [text_key("p", "c")]) == {}
+
+
+def test_upgrade_from_0003_keeps_review_history_and_reads_it_with_new_meanings(
+    tmp_path: Path,
+) -> None:
+    """A database of the schema before 0004, with reviews made in runs of two directions:
+    every review row comes through unchanged, each learns its run's direction, and the
+    history is read with the new meanings (flip, flip by one annotator is flipped)."""
+    url = f"sqlite:///{tmp_path / 'v3.db'}"
+    upgrade_to(url, "0003")
+    t0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    engine = make_engine(url)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    t = meta.tables
+    assert "direction_id" not in t["reviews"].c
+    vector = np.ones(4, dtype=np.float32).tobytes()
+    direction_meta = {"model": "tiny", "layer": 2, "pooling": "last", "template": "alpaca"}
+    direction_meta |= {"method": "mean_diff", "quality": []}
+    with engine.begin() as conn:
+        conn.execute(
+            t["datasets"].insert(),
+            [dict(id=1, name="d", source="", format="trl", created_at=t0, n_pairs=3)],
+        )
+        conn.execute(
+            t["pairs"].insert(),
+            [
+                dict(id=10 + i, dataset_id=1, idx=i, prompt=f"p{i}", chosen=f"c{i}")
+                | dict(rejected=f"r{i}", meta={}, content_hash=f"{i:064d}")
+                for i in range(3)
+            ],
+        )
+        conn.execute(
+            t["directions"].insert(),
+            [
+                dict(id=d, name=f"v{d}", model="tiny", layer=2, pooling="last")
+                | dict(method="mean_diff", dim=4, vector=vector, meta=direction_meta)
+                | dict(created_at=t0)
+                for d in (1, 2)
+            ],
+        )
+        conn.execute(
+            t["margin_runs"].insert(),
+            [
+                dict(id=r, dataset_id=1, direction_id=r, settings={}, settings_key=f"k{r}")
+                | dict(status="finished", created_at=t0, finished_at=t0)
+                for r in (1, 2)
+            ],
+        )
+        conn.execute(
+            t["margins"].insert(),
+            [
+                dict(run_id=r, pair_id=10 + i, value=v * r)
+                for r in (1, 2)
+                for i, v in enumerate([1.0, -2.0, 3.0])
+            ],
+        )
+        old_reviews = [
+            (1, 10, 1, "ann", "flip", None, "first"),
+            (2, 10, 1, "ann", "flip", None, "second"),  # once a toggle back
+            (3, 11, 1, "ann", "override", 0.5, ""),
+            (4, 11, 2, "bob", "accept", None, ""),
+            (5, 12, None, "ann", "flag", None, "odd"),
+        ]
+        conn.execute(
+            t["reviews"].insert(),
+            [
+                dict(id=i, pair_id=p, run_id=r, annotator=a, action=act, value=v, note=n)
+                | dict(created_at=t0 + timedelta(seconds=i))
+                for i, p, r, a, act, v, n in old_reviews
+            ],
+        )
+    engine.dispose()
+
+    with Store(url) as store:
+        assert revision_of(url) == HEAD
+        stored = [
+            (h.id, h.pair_id, h.run_id, h.annotator, h.action, h.value, h.note)
+            for p in (10, 11, 12)
+            for h in store.pair_history(p)
+        ]
+        assert stored == old_reviews
+        times = [h.created_at for p in (10, 11, 12) for h in store.pair_history(p)]
+        assert times == [t0 + timedelta(seconds=i) for i in range(1, 6)]
+        directions = [h.direction_id for p in (10, 11, 12) for h in store.pair_history(p)]
+        assert directions == [1, 1, 1, 2, None]
+
+        run_2 = store.run_frame(2).set_index("pair_id")
+        # Two flips by one annotator: flipped (the new meaning), in both runs.
+        assert run_2.loc[10, "flipped"] and run_2.loc[10, "effective_margin"] == -2.0
+        assert store.run_frame(1).set_index("pair_id").loc[10, "flipped"]
+        # ann's override was typed on direction 1: in direction 2's run it sides with accept;
+        # bob accepts: unanimous, direction 2's computed margin stands.
+        assert run_2.loc[11, "label_source"] == "unanimous"
+        assert run_2.loc[11, "effective_margin"] == -4.0
+        assert store.run_frame(1).set_index("pair_id").loc[11, "effective_margin"] == 0.5
+        assert run_2.loc[12, "flagged"] and run_2.loc[12, "n_verdicts"] == 0
+
+        # New in 0004: withdraw is an action the database accepts.
+        store.add_review(10, "ann", "withdraw", run_id=2)
+        assert not store.run_frame(2).set_index("pair_id").loc[10, "flipped"]
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO reviews (pair_id, annotator, action, note, created_at) "
+                    "VALUES (10, 'x', 'bogus', '', '2025-01-01')"
+                )
+            )
+
+
+def test_downgrade_from_0004_refuses_to_drop_withdraws(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with Store(url) as store:
+        dataset_id = store.add_dataset("d", [PreferencePair("p", "c", "r")])
+        (pair,) = store.dataset_frame(dataset_id)["id"].tolist()
+        store.add_review(pair, "ann", "accept")
+        store.add_review(pair, "ann", "withdraw")
+    engine = make_engine(url)
+    with pytest.raises(RuntimeError, match="withdraw"), engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0003")
+    engine.dispose()
+    assert revision_of(url) == HEAD
 
 
 def test_upgrade_never_drops_foreign_tables(tmp_path: Path) -> None:

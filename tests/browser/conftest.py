@@ -30,6 +30,15 @@ CHROMIUM_ARGS = [
 ]
 
 
+SERVE_SETTINGS = (
+    "LEGEND_ADDRESS",
+    "LEGEND_PORT",
+    "LEGEND_ALLOW_OPEN",
+    "LEGEND_AUTH_FILE",
+    "LEGEND_DATA_DIR",
+)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,7 +46,8 @@ def _free_port() -> int:
 
 
 class Server:
-    """``streamlit run app.py`` on a free port, with its own database and model."""
+    """The app as ``make run`` serves it (``python -m legend_core.serve``, the launcher of
+    scripts/serve.sh) on a free port, with its own database and model."""
 
     def __init__(
         self, db_url: str, model: Path, log: Path, extra_env: dict[str, str] | None = None
@@ -46,31 +56,23 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = db_url
         env = {
-            **os.environ,
+            key: value
+            for key, value in os.environ.items()
+            # The launcher's and the app's access settings come from the test only (the
+            # default address is one of the things tested).
+            if key not in SERVE_SETTINGS and not key.startswith("STREAMLIT_")
+        }
+        env |= {
             "LEGEND_DB": db_url,
             "LEGEND_MODEL": str(model),
+            "LEGEND_PORT": str(self.port),
+            "STREAMLIT_SERVER_HEADLESS": "true",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             **(extra_env or {}),
         }
-        command = [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(self.port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ]
+        command = [sys.executable, "-m", "legend_core.serve"]
         self.log = log.open("w")
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from legend_core.config import DEFAULT_METHOD
+from legend_core.config import DEFAULT_MARGIN_SCALE, DEFAULT_METHOD
+from legend_core.exports import export_frame
+from legend_core.margins import scale
 from legend_core.store import Store
 
 pytestmark = pytest.mark.browser
@@ -129,7 +131,7 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     run_id = store.list_runs()[0].id
     selection = store.review_queue(run_id)  # the whole queue, to find where we are
     assert selection
-    margin = page.get_by_label("New margin")
+    margin = page.get_by_role("spinbutton", name="New margin")
     margin.fill("42.5")
     margin.press("Enter")
     idle(page)
@@ -175,10 +177,16 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     info.value.save_as(path)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 51  # the flagged pair is left out (the default)
+    # The file's margins are the default scale of the unscaled export, row for row.
+    unscaled = export_frame(store, run_id, scale="none")
+    texts = ["prompt", "chosen", "rejected"]
+    assert [[r[k] for k in texts] for r in rows] == unscaled[texts].values.tolist()
+    expected = scale(unscaled["margin"].to_numpy(), DEFAULT_MARGIN_SCALE).values
+    assert [r["margin"] for r in rows] == pytest.approx(expected.tolist())
 
     overridden = store.get_pair(reviews["override"].pair_id)
     flipped = store.get_pair(reviews["flip"].pair_id)
-    by_texts = {(r["prompt"], r["chosen"], r["rejected"]): r for r in rows}
+    by_texts = {(r["prompt"], r["chosen"], r["rejected"]): r for r in unscaled.to_dict("records")}
     assert by_texts[(overridden.prompt, overridden.chosen, overridden.rejected)]["margin"] == 42.5
     swapped = by_texts[(flipped.prompt, flipped.rejected, flipped.chosen)]  # chosen <-> rejected
     computed = store.run_frame(run_id).set_index("pair_id").loc[flipped.id, "computed_margin"]

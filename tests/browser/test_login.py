@@ -101,6 +101,63 @@ def test_annotator_cannot_delete_and_reviews_carry_the_login(team, page, shots):
     assert page.get_by_role("button", name=re.compile(r"^Export [\d,]+ rows")).count() == 0
 
 
+@pytest.fixture
+def flagged_by_another(tmp_path, browser_model):
+    """Blind review on; annotator cy has flagged the first pair of the queue (no verdict)."""
+    db = f"sqlite:///{tmp_path / 'flags.db'}"
+    with Store(db) as store:
+        pairs = [PreferencePair(f"question {i}", f"safe {i}", f"unsafe {i}") for i in range(5)]
+        dataset_id = store.add_dataset("flag pairs", pairs)
+        direction = Direction(np.ones(8, np.float32), "m", 1, "mean", "alpaca", "mean_diff")
+        run_id = store.start_run(dataset_id, store.add_direction(direction), {})
+        ids = [p.id for p in store.pairs_missing_margins(run_id)]
+        store.add_margins(run_id, ids, [-0.5, -0.1, 0.2, 0.3, 0.9])
+        store.add_review(ids[0], "cy", "flag", note="cy was here", run_id=run_id)
+    users = tmp_path / "users.json"
+    add_user(users, "ben", "ben-password", "annotator", name="Ben")
+    add_user(users, "cy", "cy-password-1", "annotator", name="Cy")
+    set_blind_review(users, True)
+    server = Server(db, browser_model, tmp_path / "server.log", {"LEGEND_AUTH_FILE": str(users)})
+    yield server, db, ids
+    server.stop()
+
+
+def test_blind_review_does_not_leak_another_annotators_flag(flagged_by_another, page, shots):
+    """The Flag button is labelled from the annotator's own flag: "Unflag" would tell ben
+    that someone flagged the pair, and pressing G would then remove cy's flag."""
+    from playwright.sync_api import expect
+
+    server, db, ids = flagged_by_another
+    sign_in(page, server.url, "ben", "ben-password")
+    nav(page, "Review")
+    idle(page)
+    expect(page.get_by_text("1 of 5", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name=re.compile(r"^Flag\b"))).to_be_visible()
+    assert page.get_by_role("button", name="Unflag").count() == 0
+    assert page.get_by_text("cy was here").count() == 0
+    expect(page.get_by_text("0 reviewed by you · 5 remaining")).to_be_visible()
+    shoot(page, shots / "01_blind_flag_hidden.png")
+
+    page.get_by_role("heading", name="Review").click()  # keys go to the page, not a field
+    page.keyboard.press("g")  # the Flag shortcut
+    expect(page.get_by_text("2 of 5", exact=True)).to_be_visible()
+    idle(page)
+    no_exceptions(page)
+    with Store(db) as store:
+        history = [(h.annotator, h.action) for h in store.pair_history(ids[0])]
+        assert history == [("cy", "flag"), ("ben", "flag")]  # flagged, not unflagged
+        assert store.pair_state(ids[0]).flagged
+
+    # Back on the pair: ben's own flag is up now, so his button offers to take it down;
+    # a flag is no verdict, so cy's review stays hidden.
+    page.get_by_role("button", name="Previous").click()
+    idle(page)
+    expect(page.get_by_role("button", name=re.compile(r"^Unflag\b"))).to_be_visible()
+    assert page.get_by_text("cy was here").count() == 0
+    expect(page.get_by_text("Blind review: others' reviews of this pair show once")).to_be_visible()
+    shoot(page, shots / "02_blind_own_flag.png")
+
+
 def test_admin_sees_delete(team, page, shots):
     from playwright.sync_api import expect
 

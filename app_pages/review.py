@@ -1,29 +1,35 @@
-"""Review: the pairs the direction disagrees with first; accept, override, flip, flag, note."""
+"""Review: the pairs the direction disagrees with first; verdicts (accept, flip, override,
+withdraw), flags and notes, resolved by the policy of ``legend_core.review_policy``."""
 
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import config, explore
-from pages import _common as ui
+from legend_core.review_policy import POLICY_POINTS, AnnotatorState
 
 st.title("Review")
 others = (
-    "others' reviews of a pair show once you have reviewed it (blind review)"
+    "others' reviews of a pair show once you have given your verdict on it (blind review)"
     if ui.seen_by() is not None
     else "reviews by others show up as soon as they are made"
 )
 st.caption(
     "The queue puts first the pairs with the most negative margins (the direction disagrees "
-    f"with the label), then those near zero. Every action is stored with your name; {others}. "
-    "Keys: A accept · F flip · G flag · O override · N next · P previous · U next unreviewed."
+    "with the label), then those near zero. Pairs are shown as imported; every verdict is "
+    f"about the pair as shown and is stored with your name; {others}. Keys: A accept · "
+    "F flip · O override · W withdraw · G flag · N next · P previous · U next unreviewed."
 )
+with st.expander("How verdicts add up"):
+    # Our own text (legend_core.review_policy), not data: markdown is safe here.
+    st.markdown("\n".join(f"- {point}" for point in POLICY_POINTS))
 s = ui.store()
 url = config.database_url()
 run = ui.pick_run(s, "review")
 if run is None:
     ui.empty(
         "No margins to review yet: compute them first.",
-        "pages/explore.py",
+        "app_pages/explore.py",
         "Annotate and explore",
     )
     st.stop()
@@ -31,9 +37,19 @@ if run is None:
 if not ui.annotator():
     st.warning("Enter your name in the sidebar to review.", icon=":material/person:")
 
+admins = ui.admins()  # their verdicts adjudicate (login mode)
 selection = st.session_state.get("review_selection") or {}
-has_selection = selection.get("run_id") == run.id and bool(selection.get("pair_ids"))
-sources = ["all", "selection"] if has_selection else ["all"]
+# A selection holds pair ids: it fits every run of the data set it was made on.
+selected_run = selection.get("run_id")
+has_selection = bool(selection.get("pair_ids")) and (
+    selected_run == run.id or selected_run in {r.id for r in s.list_runs(run.dataset_id)}
+)
+# Disputed pairs are a queue of their own, except under blind review (it would tell which
+# pairs others reviewed, and how).
+disputed = []
+if ui.seen_by() is None:
+    disputed = [p for p, r in s.resolutions(run.id, admins).items() if r.disputed]
+sources = ["all"] + (["selection"] if has_selection else []) + (["disputed"] if disputed else [])
 if st.session_state.get("review_source") not in sources:
     st.session_state["review_source"] = "all"
 st.radio(
@@ -44,6 +60,7 @@ st.radio(
     format_func={
         "all": "All pairs, disagreement first",
         "selection": f"Your selection ({len(selection.get('pair_ids', [])):,} pairs)",
+        "disputed": f"Disputed ({len(disputed):,} pairs: verdicts split evenly)",
     }.get,
 )
 
@@ -73,8 +90,9 @@ def act(pair_id: int, action: str, following: int | None) -> None:
         st.session_state["review_error"] = str(error)
         return
     st.session_state["review_done"] = f"Saved: {action} on pair {pair_id}."
-    if st.session_state.get("review_advance", True) and following is not None:
-        st.session_state["review_current"] = following
+    if action != "withdraw" and st.session_state.get("review_advance", True):
+        if following is not None:
+            st.session_state["review_current"] = following
 
 
 def go(pair_id: int | None) -> None:
@@ -82,10 +100,26 @@ def go(pair_id: int | None) -> None:
         st.session_state["review_current"] = pair_id
 
 
+#: The label in one short word, with the flag (a metric's value is cut to its column's width).
+FLAGGED_WORDS = {"original": "flagged", "flipped": "flip+flag", "disputed": "disputed+flag"}
+
+
+def label_word(flipped: bool, disputed: bool, flagged: bool) -> str:
+    """original / flipped / disputed, or with the flag: flagged / flip+flag / disputed+flag."""
+    word = "disputed" if disputed else "flipped" if flipped else "original"
+    return FLAGGED_WORDS[word] if flagged else word
+
+
 @st.fragment
 def review_pane() -> None:
     """One pair at a time; its buttons rerun only this pane."""
-    ids = selection.get("pair_ids") if st.session_state["review_source"] == "selection" else None
+    source = st.session_state["review_source"]
+    if source == "selection":
+        ids = selection.get("pair_ids")
+    elif source == "disputed":
+        ids = disputed
+    else:
+        ids = None
     queue = s.review_queue(run.id, "disagreement", pair_ids=ids)
     if not queue:
         st.info("This queue is empty.", icon=":material/info:")
@@ -96,7 +130,7 @@ def review_pane() -> None:
         st.session_state["review_current"] = current
     pos = explore.queue_position(queue, current)
     # Under blind review, counts and "next unreviewed" are this annotator's own: others'
-    # progress would tell which pairs they reviewed.
+    # progress would tell which pairs they reviewed. "Reviewed" means holding a verdict.
     seen_by = ui.seen_by()
     reviewed, remaining = s.review_counts(run.id, annotator=seen_by)
     total = max(1, reviewed + remaining)
@@ -122,31 +156,50 @@ def review_pane() -> None:
         st.toggle("Go to the next pair after each action", value=True, key="review_advance")
 
     pair = s.get_pair(current)
-    history = s.pair_history(current)
-    # Blind review: others' verdicts stay hidden until this annotator has reviewed the pair.
-    hidden = seen_by is not None and not any(h.annotator == seen_by for h in history)
-    state = s.pair_state(current, run.id)
+    me = ui.annotator()
+    mine = s.annotator_state(current, me) if me else AnnotatorState("")
+    # Blind review: everything about others' reviews (their verdicts, flags, the labels of
+    # the buttons, history) stays hidden until this annotator has given a verdict.
+    hidden = seen_by is not None and mine.verdict is None
+    state = s.pair_state(current, run.id, admins=admins, annotator=seen_by if hidden else None)
     margins = computed(url, run.id, run.n_margins)
     value = float(margins.get(current, float("nan")))
-    effective = state.effective(value)
-    m = st.columns(5)
+    shown = state.shown_margin
+    m = st.columns(6)
     m[0].metric("Pair", f"{pos + 1:,} of {len(queue):,}", help=f"Pair id {current}")
     m[1].metric("Computed margin", f"{value:.3f}")
     m[2].metric("Percentile", f"{explore.percentile_of(margins.to_numpy(), value):.0f}")
     m[3].metric(
-        "Effective margin",
-        "hidden" if hidden else "—" if effective is None else f"{effective:.3f}",
-        help="After reviews: an override, or the computed margin negated when flipped.",
+        "Reviewed margin",
+        "hidden" if hidden else "—" if shown is None else f"{shown:.3f}",
+        help="After everyone's verdicts, in the orientation shown (as imported): an "
+        "override, else the computed margin. Exports write it relative to the exported "
+        "chosen response: negated when the label is flipped.",
     )
-    # Short words: a metric's value is cut to its column's width.
-    shown_state = {(False, False): "original", (True, False): "flipped"}
-    shown_state |= {(False, True): "flagged", (True, True): "flip+flag"}
     m[4].metric(
-        "State",
-        "hidden" if hidden else shown_state[state.flipped, state.flagged],
-        help="original: as imported; flipped: chosen and rejected swapped in exports; "
-        "flagged: marked for a second look (left out of exports by default).",
+        "Label",
+        "hidden" if hidden else label_word(state.flipped, state.disputed, state.flagged),
+        help="original: as imported; flipped: the export swaps chosen and rejected; "
+        "disputed: annotators split evenly, left out of exports by default; flagged: "
+        "someone asks for a second look (left out of exports by default).",
     )
+    m[5].metric(
+        "Your verdict",
+        mine.describe() if me else "—",
+        help="Your latest verdict on this pair (none, or withdrawn: none).",
+    )
+    if not hidden and state.n_verdicts:
+        names = ", ".join(state.decided_by) or "nobody"
+        st.caption(
+            f"Label from: {state.label_source} · decided by {names} · "
+            f"{state.n_verdicts:,} verdict{'s' if state.n_verdicts != 1 else ''}."
+        )
+    if not hidden and state.disputed:
+        st.warning(
+            "Disputed: the annotators' verdicts are split evenly. Left out of exports unless "
+            "asked for; an admin's verdict decides.",
+            icon=":material/balance:",
+        )
 
     texts = (pair.prompt, pair.chosen, pair.rejected)
     box = (
@@ -163,9 +216,12 @@ def review_pane() -> None:
             st.caption(title)
             ui.plain(text, height=box)
     if state.flipped and not hidden:
-        st.caption("Flipped: the export swaps chosen and rejected and negates the margin.")
+        st.caption(
+            "Flipped: the export swaps chosen and rejected and writes the margin relative to "
+            "the exported chosen (negated)."
+        )
 
-    disabled = not ui.annotator()
+    disabled = not me
     st.text_input("Note (optional, stored with the next action)", key=f"note_{current}")
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.button(
@@ -175,25 +231,37 @@ def review_pane() -> None:
             disabled=disabled,
             on_click=act,
             args=(current, "accept", next_id),
+            help="The chosen response shown is the safer one; the computed margin stands.",
         )
         st.button(
-            "Flip", shortcut="F", disabled=disabled, on_click=act, args=(current, "flip", next_id)
+            "Flip",
+            shortcut="F",
+            disabled=disabled,
+            on_click=act,
+            args=(current, "flip", next_id),
+            help="The rejected response shown is the safer one (pressing it again changes "
+            "nothing).",
         )
-        flag = "unflag" if state.flagged else "flag"
+        # The button sets this annotator's own flag, so it is labelled from their own flag
+        # alone: labelled from everyone's, "Unflag" would reveal someone else's flag.
+        flag = "unflag" if mine.flagged else "flag"
         st.button(
             flag.capitalize(),
             shortcut="G",
             disabled=disabled,
             on_click=act,
             args=(current, flag, next_id),
+            help="Your flag asks for a second look (flagged pairs are left out of exports "
+            "by default); it is apart from your verdict.",
         )
         st.number_input(
-            "New margin",
-            value=float(value if hidden or effective is None else effective),
+            "New margin (as shown)",
+            value=float(value if hidden or shown is None else shown),
             step=0.1,
             format="%.4f",
             key=f"override_{current}",
             width=200,
+            help="Positive: the chosen response shown is safer; negative: the rejected one.",
         )
         st.button(
             "Override",
@@ -202,15 +270,28 @@ def review_pane() -> None:
             on_click=act,
             args=(current, "override", next_id),
         )
+        st.button(
+            "Withdraw",
+            shortcut="W",
+            disabled=disabled or mine.verdict is None,
+            on_click=act,
+            args=(current, "withdraw", next_id),
+            help="Take your verdict on this pair back (your flag stays as it is).",
+        )
     if "review_error" in st.session_state:
         ui.plain_error("Not saved.", st.session_state.pop("review_error"))
     if "review_done" in st.session_state:
         st.toast(st.session_state.pop("review_done"), icon=":material/check:")
 
+    history = s.pair_history(current)
     if hidden:
-        history = []
-        st.caption("Blind review: others' reviews of this pair show once you have reviewed it.")
-    st.caption("History of this pair (every annotator, every run)")
+        history = [h for h in history if h.annotator == me]
+        st.caption(
+            "Blind review: others' reviews of this pair show once you have given your verdict."
+        )
+        st.caption("Your reviews of this pair")
+    else:
+        st.caption("History of this pair (every annotator, every run)")
     if history:
         st.dataframe(
             pd.DataFrame(
@@ -237,6 +318,8 @@ with st.expander("Agreement between annotators"):
     else:
         st.caption(
             "Per pair of annotators, on the pairs both reviewed: agreement and Cohen's kappa "
-            "on flips and flags; correlation and mean absolute difference of overrides."
+            "of their current verdicts (as imported or swapped) and of their flags; "
+            "correlation and mean absolute difference of overrides made on the same "
+            "direction's scale."
         )
         st.dataframe(table, hide_index=True)

@@ -3,12 +3,13 @@ and the only ways data text is put on screen (plain text, never markdown or HTML
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import streamlit as st
 
-from legend_core import auth, config
+from legend_core import auth, config, serve
 from legend_core.jobs import Job, JobRegistry
 from legend_core.store import DatasetInfo, DirectionInfo, RunInfo, Store
 
@@ -49,9 +50,16 @@ def _model(name: str, device: str, dtype: str, trust_remote_code: bool) -> Any:
     return lm
 
 
+@st.cache_resource(show_spinner=False)
+def _server_model() -> dict[str, Any]:
+    """In login mode the model is a server setting: an admin's choice, used by everyone."""
+    return {}
+
+
 def model_choice() -> tuple[str, str, str, bool]:
-    """(name, device, dtype, trust_remote_code) as chosen in the sidebar."""
-    s = st.session_state
+    """(name, device, dtype, trust_remote_code) in use: in login mode as an admin chose it
+    for everyone, else as chosen in this session's sidebar."""
+    s: Any = _server_model() if auth.auth_file() is not None else st.session_state
     name = (s.get("model_name") or "").strip() or config.model_name()
     return (
         name,
@@ -91,6 +99,20 @@ def _keep(key: str, default: Any) -> dict[str, Any]:
     return {"key": widget, "on_change": save}
 
 
+def _keep_shared(key: str, default: Any) -> dict[str, Any]:
+    """Like :func:`_keep` for a server setting (login mode): the widget shows the value in
+    use on every run, and a change is saved for everyone only if the user is still an
+    admin (a callback runs before the page's gate, so it checks the users file itself)."""
+    widget = f"_w_{key}"
+    st.session_state[widget] = _server_model().get(key, default)
+
+    def save() -> None:
+        if _refresh_user() is not None and is_admin():
+            _server_model()[key] = st.session_state[widget]
+
+    return {"key": widget, "on_change": save}
+
+
 # --- login mode (on when LEGEND_AUTH_FILE names a users file) -------------------------------
 
 
@@ -100,36 +122,110 @@ def auth_config() -> auth.AuthConfig | None:
     return auth.load_config(path) if path else None
 
 
+@st.cache_resource(show_spinner=False)
+def _throttle() -> auth.SignInThrottle:
+    """Failed sign-ins of this process, per username."""
+    return auth.SignInThrottle()
+
+
 def user() -> auth.User | None:
-    """Who is signed in (login mode only)."""
+    """Who is signed in (login mode only), as the users file said at the start of this run."""
     return st.session_state.get("user")
 
 
-def login_gate() -> None:
-    """In login mode, show the sign-in form and stop the page until someone signs in."""
-    settings = auth_config()
-    if settings is None or user() is not None:
-        return
+def _refresh_user() -> auth.User | None:
+    """Re-read the signed-in user from the users file: a removed user, or one whose
+    password changed, is signed out; a new role or name applies at once. Fails closed: an
+    unreadable users file signs nobody in."""
+    signed_in = user()
+    if signed_in is None:
+        return None
+    try:
+        settings = auth_config()
+    except ValueError:
+        settings = None
+    current = (
+        auth.refresh(settings, signed_in.username, st.session_state.get("user_stamp"))
+        if settings is not None
+        else None
+    )
+    if current is None:
+        _sign_out()
+        return None
+    st.session_state["user"] = current
+    st.session_state["annotator"] = current.username
+    return current
+
+
+def login_gate(pages: Sequence[Any]) -> Any:
+    """The app's pages (``st.navigation``) for whoever may see them. In login mode, on every
+    run, the signed-in user's role is re-read from the users file; a signed-out visitor gets
+    the sign-in form only, whatever the URL, and the page stops there."""
+    if auth.auth_file() is None:
+        return st.navigation(pages)
+    try:
+        settings = auth_config()
+    except ValueError as error:
+        _sign_out()
+        plain_error("Login mode is on, but the users file cannot be read.", str(error))
+        st.stop()
+    assert settings is not None
+    was_signed_in = user() is not None
+    if _refresh_user() is not None:
+        return st.navigation(pages)
+    # Declared but hidden, and never run: the URL asked for is kept, so signing in from a
+    # deep link lands on that page.
+    st.navigation(pages, position="hidden")
     st.title("Sign in to Legend Studio")
+    if was_signed_in:
+        st.info("Your account was changed or removed: sign in again.", icon=":material/info:")
     with st.form("login"):
         username = st.text_input("Username")
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        signed_in = auth.authenticate(settings, username.strip(), password)
-        if signed_in is None:
+        name = username.strip()
+        wait = _throttle().attempt(name)
+        signed_in = None if wait else auth.authenticate(settings, name, password)
+        if wait:
+            minutes = max(1, round(wait / 60))
+            st.error(
+                f"Too many failed sign-ins for this username: try again in about {minutes} "
+                f"minute{'s' if minutes > 1 else ''}."
+            )
+        elif signed_in is None:
             st.error("Wrong username or password.")
         else:
+            _throttle().succeeded(name)
             st.session_state["user"] = signed_in
+            st.session_state["user_stamp"] = auth.stamp(settings, name)
             st.session_state["annotator"] = signed_in.username
             st.rerun()
     st.stop()
 
 
-def can_delete() -> bool:
-    """Deleting data sets, directions and runs: anyone without login mode, else admins."""
+def is_admin() -> bool:
+    """Server powers (reading server files, choosing the model, deleting): anyone without
+    login mode (the app then serves loopback, or the deployer opted in), else admins."""
     signed_in = user()
     return auth.auth_file() is None or (signed_in is not None and signed_in.is_admin)
+
+
+def can_delete() -> bool:
+    """Deleting data sets, directions and runs: an admin power."""
+    return is_admin()
+
+
+def serving_guard() -> None:
+    """Refuse to serve beyond loopback without login mode, even when the app was started
+    without the launcher (``streamlit run app.py --server.address 0.0.0.0``)."""
+    address = st.get_option("server.address") or ""
+    problem = serve.exposure_problem(
+        address, auth.auth_file() is not None, serve.allow_open(os.environ)
+    )
+    if problem:
+        plain_error("This app is not served: it would be open to the network.", problem)
+        st.stop()
 
 
 def blind_review() -> bool:
@@ -152,7 +248,7 @@ def seen_by() -> str | None:
 
 
 def _sign_out() -> None:
-    for key in ("user", "annotator", "blind_self", "_w_blind_self"):
+    for key in ("user", "user_stamp", "annotator", "blind_self", "_w_blind_self"):
         st.session_state.pop(key, None)
 
 
@@ -181,24 +277,31 @@ def sidebar() -> None:
         st.text(name if name != config.DEFAULT_MODEL else "default (SmolLM2-135M-Instruct)")
         loaded = (name, device, dtype, trust) in _loaded()
         st.caption(f"{device} · {dtype} · " + ("loaded" if loaded else "loads when first needed"))
-        with st.expander("Change model"):
-            st.text_input(
-                "Model: default, a local folder or a hub id",
-                help="A hub id must already be in the local cache: nothing is downloaded.",
-                **_keep("model_name", config.model_name()),
-            )
-            st.selectbox("Device", DEVICES, **_keep("model_device", "auto"))
-            st.selectbox("Data type", DTYPES, **_keep("model_dtype", "auto"))
-            st.checkbox(
-                "Trust the model's own code",
-                help="Runs code shipped with the model. Only for models whose authors you trust.",
-                **_keep("model_trust", False),
-            )
+        if is_admin():
+            keep = _keep_shared if auth.auth_file() is not None else _keep
+            with st.expander("Change model"):
+                if auth.auth_file() is not None:
+                    st.caption("For everyone: annotators work with the model chosen here.")
+                st.text_input(
+                    "Model: default, a local folder or a hub id",
+                    help="A hub id must already be in the local cache: nothing is downloaded.",
+                    **keep("model_name", config.model_name()),
+                )
+                st.selectbox("Device", DEVICES, **keep("model_device", "auto"))
+                st.selectbox("Data type", DTYPES, **keep("model_dtype", "auto"))
+                st.checkbox(
+                    "Trust the model's own code",
+                    help="Runs code shipped with the model. Only for models whose authors "
+                    "you trust.",
+                    **keep("model_trust", False),
+                )
+        else:
+            st.caption("An admin chooses the model.")
         running = jobs().running()
         if running:
             st.caption("Running in the background")
             for job in running:
-                st.progress(job.fraction, text=job.label)
+                st.progress(job.fraction, text=f"{job.label}: {job.status_line}")
 
 
 def annotator() -> str:
@@ -273,19 +376,61 @@ def direction_name(d: DirectionInfo) -> str:
     return f"{d.name or 'unnamed'}  (#{d.id}, layer {d.layer}{auroc})"
 
 
+def run_label(run: RunInfo, newest: bool = False) -> str:
+    """A margin run in one line: what tells it apart from the other runs of its data set
+    and direction (the dtype of its forward passes), how far it got, and when."""
+    dtype = run.settings.get("model_dtype") or "dtype not recorded"
+    when = run.created_at.strftime("%Y-%m-%d %H:%M UTC")
+    tag = ", newest" if newest else ""
+    return f"run #{run.id} ({dtype}{tag}) · {run.n_margins:,} of {run.n_pairs:,} margins · {when}"
+
+
+def pick_run_of(runs: Sequence[RunInfo], key: str) -> RunInfo | None:
+    """One of the runs of a data set and direction (another dtype or engine makes a new
+    run): the newest by default, and how many there are, so none is hidden. Reviews belong
+    to the pair, so every run shows the same reviews."""
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda r: r.id, reverse=True)
+    by_id = {r.id: r for r in ordered}
+    if len(ordered) == 1:
+        st.caption(f"1 margin run of this data set and direction: {run_label(ordered[0])}.")
+        return ordered[0]
+    if st.session_state.get(f"{key}_run") not in by_id:
+        st.session_state[f"{key}_run"] = ordered[0].id  # newest first, and by default
+    choice = st.selectbox(
+        f"Margin run ({len(ordered)} of this data set and direction)",
+        list(by_id),
+        format_func=lambda i: run_label(by_id[i], newest=i == ordered[0].id),
+        key=f"{key}_run",
+        help="Each dtype or engine a data set is annotated with makes a run of its own. "
+        "Reviews belong to the pair: every run shows and exports the same reviews.",
+    )
+    return by_id[choice]
+
+
 def pick_run(s: Store, key: str) -> RunInfo | None:
-    """A data set, then one of the directions it has margins for: that margin run."""
+    """A data set, one of the directions it has margins for, then one of the runs of that
+    pair with margins (newest by default; the count is shown)."""
     left, right = st.columns(2)
     with left:
         dataset = pick_dataset(s, key)
     if dataset is None:
         return None
-    runs = {r.direction_id: r for r in s.list_runs(dataset.id) if r.n_margins > 0}
+    runs: dict[int, list[RunInfo]] = {}
+    for r in s.list_runs(dataset.id):
+        if r.n_margins > 0:
+            runs.setdefault(r.direction_id, []).append(r)
     with right:
         direction = pick_direction(s, key, only=lambda d: d.id in runs)
         if direction is None:
             st.caption("No direction has margins on this data set yet.")
-    return None if direction is None else runs[direction.id]
+    return None if direction is None else pick_run_of(runs[direction.id], key)
+
+
+def admins() -> frozenset[str]:
+    """Admins' names in login mode (their review verdicts adjudicate), else none."""
+    return auth.admin_names(auth_config())
 
 
 # --- background work -------------------------------------------------------------------------
@@ -298,10 +443,9 @@ def _poll(key: str) -> None:
         return
     if not job.running:
         st.rerun()
-    total = f": {job.done:,} of {job.total:,}" if job.total else ""
     st.progress(
         job.fraction,
-        text=f"{job.label}{total} · {job.elapsed:.0f} s · "
+        text=f"{job.label}: {job.status_line} · {job.elapsed:.0f} s · "
         "you can leave this page, the work goes on",
     )
 

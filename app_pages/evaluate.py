@@ -8,9 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import config
 from legend_core import evaluate as ev
-from pages import _common as ui
+from legend_core.margins import SCALE_DEFINITIONS, SCALES
 
 st.title("Evaluate")
 st.caption(
@@ -26,7 +27,7 @@ run = ui.pick_run(s, "evaluate")
 if run is None:
     ui.empty(
         "No margins to evaluate yet: compute a data set's margins first.",
-        "pages/explore.py",
+        "app_pages/explore.py",
         "Annotate and explore",
     )
     st.stop()
@@ -71,7 +72,7 @@ st.text(
     f"{settings.get('pooling')} pooling · {settings.get('template')} template"
 )
 if len(data.margins) == 0:
-    ui.empty("This run has no margins yet.", "pages/explore.py", "Annotate and explore")
+    ui.empty("This run has no margins yet.", "app_pages/explore.py", "Annotate and explore")
     st.stop()
 
 # --- 1. agreement ---------------------------------------------------------------------------
@@ -173,14 +174,27 @@ if data.chosen is None:
     st.stop()
 
 with st.form("reward_check"):
-    f1, f2, f3, f4 = st.columns(4)
+    f0, f1, f2, f3, f4 = st.columns(5)
+    scale = f0.selectbox(
+        "Margin scale",
+        SCALES,
+        index=SCALES.index(config.DEFAULT_MARGIN_SCALE),
+        format_func=lambda name: (
+            name + (" (export default)" if name == config.DEFAULT_MARGIN_SCALE else "")
+        ),
+        key="eval_scale",
+        help="The margins are put on this scale over the training pairs, as an export of "
+        "them would be; with λ = 1 the loss is what TRL's RewardTrainer does with the "
+        "exported file. "
+        + " · ".join(f"{name}: {text}" for name, text in SCALE_DEFINITIONS.items()),
+    )
     lam = f1.number_input("λ (margin weight)", 0.0, 100.0, 1.0, 0.25, key="eval_lam")
     seeds = f2.slider("Seeds", 5, 20, 5, key="eval_seeds")
     head = f3.selectbox("Reward head", ["linear", "mlp"], key="eval_head")
     test_fraction = f4.slider("Held-out share", 0.1, 0.5, 0.3, 0.05, key="eval_test")
     submitted = st.form_submit_button("Run the reward-model check", type="primary")
 
-key = ("reward", url, run.id, run.n_margins, n_embeddings, lam, seeds, head, test_fraction)
+key = ("reward", url, run.id, run.n_margins, n_embeddings, scale, lam, seeds, head, test_fraction)
 if submitted:
     bar = st.progress(0.0, text="Training reward heads…")
     try:
@@ -188,7 +202,9 @@ if submitted:
             data.chosen,
             data.rejected,
             data.margins,
-            ev.RewardSettings(head=head, lam=lam, seeds=seeds, test_fraction=test_fraction),
+            ev.RewardSettings(
+                head=head, lam=lam, seeds=seeds, test_fraction=test_fraction, margin_scale=scale
+            ),
             progress=lambda done, total: bar.progress(
                 done / total, text=f"Training reward heads: {done} of {total}"
             ),
@@ -207,7 +223,8 @@ if saved is None or saved[0] != key:
 result: ev.RewardCheck = saved[1]
 st.text(
     f"{result.n_train:,} training and {result.n_test:,} held-out pairs per seed · "
-    f"{result.settings.head} head · λ = {result.settings.lam:g} (margins divided by their RMS)"
+    f"{result.settings.head} head · λ = {result.settings.lam:g} · margins on the "
+    f"{result.settings.margin_scale} scale ({SCALE_DEFINITIONS[result.settings.margin_scale]})"
 )
 st.dataframe(
     pd.DataFrame(result.rows()),

@@ -3,8 +3,8 @@ pairs for review (lasso or box on the charts, or filters)."""
 
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import charts, config, explore, maps, pipeline
-from pages import _common as ui
 
 st.title("Annotate and explore")
 st.caption(
@@ -15,6 +15,7 @@ st.caption(
 s = ui.store()
 url = config.database_url()
 seen_by = ui.seen_by()  # whose reviews this viewer sees (blind review: their own)
+admins = tuple(sorted(ui.admins()))  # whose verdicts adjudicate (login mode)
 
 c1, c2 = st.columns(2)
 with c1:
@@ -22,14 +23,14 @@ with c1:
 with c2:
     direction = ui.pick_direction(s, "explore")
 if dataset is None:
-    ui.empty("No data sets yet: load the demo on Home.", "pages/home.py", "Home")
+    ui.empty("No data sets yet: load the demo on Home.", "app_pages/home.py", "Home")
     st.stop()
 if direction is None:
-    ui.empty("No directions yet: build one first.", "pages/directions.py", "Direction lab")
+    ui.empty("No directions yet: build one first.", "app_pages/directions.py", "Direction lab")
     st.stop()
 
 runs = [r for r in s.list_runs(dataset.id) if r.direction_id == direction.id]
-run = runs[-1] if runs else None
+run = ui.pick_run_of(runs, "explore")  # newest by default; every run is listed
 key = f"annotate:{url}:{dataset.id}:{direction.id}"
 job = ui.job(key)
 running = job is not None and job.running
@@ -60,10 +61,17 @@ if run is None or run.n_margins == 0:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def run_frame(db: str, run_id: int, n_margins: int, n_reviews: int, seen_by: str | None):
+def run_frame(
+    db: str,
+    run_id: int,
+    n_margins: int,
+    n_reviews: int,
+    seen_by: str | None,
+    admins: tuple[str, ...] = (),
+):
     """The run's pairs with percentiles; refreshed when margins or reviews change. Under
     blind review the review state is the viewer's own."""
-    frame = ui.store().run_frame(run_id, annotator=seen_by)
+    frame = ui.store().run_frame(run_id, annotator=seen_by, admins=admins)
     return explore.with_lengths(explore.with_percentiles(frame))
 
 
@@ -72,7 +80,7 @@ def pca_map(db: str, run_id: int, n_margins: int, seen_by: str | None):
     """PCA of every response: instant, so it is computed here and cached."""
     run_info = ui.store().get_run(run_id)
     d = ui.store().get_direction(run_info.direction_id)
-    pairs = run_frame(db, run_id, n_margins, 0, seen_by)
+    pairs = run_frame(db, run_id, n_margins, 0, seen_by, admins)
     return explore.response_map(ui.store(), run_info, d, pairs, "pca")
 
 
@@ -89,7 +97,7 @@ def umap_map(points: int):
         return None
     if job is None:
         d = s.get_direction(run.direction_id)
-        pairs = run_frame(url, run.id, run.n_margins, 0, seen_by)
+        pairs = run_frame(url, run.id, run.n_margins, 0, seen_by, admins)
         job = ui.jobs().start(
             key,
             "Laying out the UMAP map",
@@ -102,7 +110,7 @@ def umap_map(points: int):
     return job.result
 
 
-frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], seen_by)
+frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], seen_by, admins)
 summary = explore.summarize(frame)
 m = st.columns(4)
 m[0].metric("Pairs with a margin", f"{summary.n:,}", help=f"{summary.n_missing:,} still missing")
@@ -128,7 +136,7 @@ def send(pair_ids: list[int], what: str) -> None:
     st.session_state["review_source"] = "selection"
     st.session_state.pop("review_current", None)
     st.success(f"{len(pair_ids):,} {what} pairs are in the review queue.")
-    st.page_link("pages/review.py", label="Review them", icon=":material/arrow_forward:")
+    st.page_link("app_pages/review.py", label="Review them", icon=":material/arrow_forward:")
 
 
 @st.fragment

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import demo
-from pages import _common as ui
 
 st.title("Legend Studio")
 st.markdown(
@@ -21,7 +21,10 @@ cols = st.columns(4)
 cols[0].metric("Data sets", counts["datasets"], help=f"{counts['pairs']:,} pairs in all")
 cols[1].metric("Directions", counts["directions"])
 cols[2].metric("Margin runs", counts["runs"], help=f"{counts['margins']:,} margins in all")
-cols[3].metric("Reviews", counts["reviews"])
+if ui.seen_by() is None:
+    cols[3].metric("Reviews", counts["reviews"])
+else:  # blind review: how much others reviewed is not shown either
+    cols[3].metric("Reviews", "hidden", help="Blind review is on.")
 st.caption(
     f"{counts['pairs']:,} pairs · {counts['contrast_sets']} contrastive sets "
     f"({counts['contrast_items']:,} items) · {counts['embeddings']:,} cached embeddings"
@@ -30,7 +33,8 @@ st.caption(
 name, device, dtype, _ = ui.model_choice()
 st.subheader("Model")
 st.text(name if name != "default" else "default: SmolLM2-135M-Instruct (bundled, offline)")
-st.caption(f"Device {device}, data type {dtype}. Change it in the sidebar.")
+change = "Change it in the sidebar." if ui.is_admin() else "An admin chooses it."
+st.caption(f"Device {device}, data type {dtype}. {change}")
 
 st.subheader("Start")
 if counts["datasets"] == 0 and counts["contrast_sets"] == 0:
@@ -52,10 +56,10 @@ else:
         "5. **Export**: download a TRL-ready file with its manifest."
     )
     step = (
-        ("pages/directions.py", "Build a direction")
+        ("app_pages/directions.py", "Build a direction")
         if counts["directions"] == 0
-        else ("pages/explore.py", "Compute margins")
+        else ("app_pages/explore.py", "Compute margins")
         if counts["runs"] == 0
-        else ("pages/review.py", "Review pairs")
+        else ("app_pages/review.py", "Review pairs")
     )
     st.page_link(step[0], label=f"Next: {step[1]}", icon=":material/arrow_forward:")

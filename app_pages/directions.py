@@ -6,10 +6,10 @@ import uuid
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import charts, config, explore, pipeline
 from legend_core.directions import METHODS
 from legend_core.encode import POOLINGS, TEMPLATES, EncodeSettings
-from pages import _common as ui
 
 st.title("Direction lab")
 st.caption(

@@ -5,30 +5,37 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as ui
 from legend_core import config, formats
 from legend_core.uploads import save_upload
-from pages import _common as ui
 
-SUFFIXES = ["jsonl", "ndjson", "json", "csv", "tsv", "parquet", "pq"]
+# .gz/.bz2/.xz are accepted alone (file pickers mishandle ".jsonl.gz"); the reader then
+# checks the name before the compression suffix.
+SUFFIXES = [suffix.lstrip(".") for suffix in formats.READABLE_SUFFIXES]
 
 st.title("Data")
 s = ui.store()
 
 
 def source(kind: str) -> Path | None:
-    """An uploaded file (saved under its own name in a private folder) or a local path."""
+    """An uploaded file (saved under its own name in a private folder) or, for an admin, a
+    file of the server's data folder (nothing outside it: the box reads the server's disk)."""
     upload = st.file_uploader(f"Upload a {kind} file", type=SUFFIXES, key=f"{kind}_upload")
-    path = st.text_input(
-        "…or the path of a file on this machine", key=f"{kind}_path", placeholder="/data/x.jsonl"
-    )
+    path = ""
+    if ui.is_admin():
+        path = st.text_input(
+            "…or the path of a file in the server's data folder",
+            key=f"{kind}_path",
+            placeholder="x.jsonl",
+            help=f"Inside {config.data_dir()} (LEGEND_DATA_DIR), relative to it or absolute.",
+        )
     if upload is not None:
         return save_upload(upload.file_id, upload.name, upload.getvalue())
     if path.strip():
-        local = Path(path.strip()).expanduser()
-        if not local.is_file():
-            ui.plain_error("No such file.", str(local))
-            return None
-        return local
+        try:
+            return config.data_file(path)
+        except ValueError as error:
+            ui.plain_error("This file cannot be read.", str(error))
     return None
 
 
@@ -42,9 +49,10 @@ pairs_tab, contrast_tab = st.tabs(["Preference pairs", "Contrastive sets"])
 
 with pairs_tab:
     st.caption(
-        "JSONL, JSON, CSV, TSV or Parquet: TRL (prompt, chosen, rejected, also conversational), "
-        "HH-RLHF dialogues or PKU-SafeRLHF. The format is detected; a file with a problem is "
-        "refused whole, with the line and field at fault."
+        "JSONL, JSON, CSV, TSV (each also as .gz, .bz2 or .xz) or Parquet: TRL (prompt, "
+        "chosen, rejected, also conversational), HH-RLHF dialogues or PKU-SafeRLHF. The "
+        "format is detected; a file with a problem is refused whole, with the line and field "
+        "at fault."
     )
     left, right = st.columns([3, 2])
     with left:
@@ -75,7 +83,9 @@ with pairs_tab:
             if report.warnings:
                 with st.expander("Warnings (pairs are kept)"):
                     st.dataframe(pd.DataFrame({"warning": report.warnings[:500]}), hide_index=True)
-            name = st.text_input("Name of the data set", value=path.stem, key=f"pairs_name_{path}")
+            name = st.text_input(
+                "Name of the data set", value=formats.data_file_stem(path), key=f"pairs_name_{path}"
+            )
             if st.button("Import", type="primary", key="pairs_import", icon=":material/upload:"):
                 try:
                     new_id = s.add_dataset(
@@ -100,6 +110,8 @@ with pairs_tab:
             ],
             columns=["id", "name", "format", "pairs", "margin runs", "reviewed", "created"],
         )
+        if ui.seen_by() is not None:  # blind review: others' progress is not shown
+            table = table.drop(columns=["reviewed"])
         st.dataframe(table, hide_index=True)
         chosen = ui.pick_dataset(s, "data")
         if chosen is not None:
@@ -142,7 +154,9 @@ with contrast_tab:
             refusal = st.text_input("Refusal", key="contrast_refusal")
     if cpath is not None:
         cname = st.text_input(
-            "Name of the contrastive set", value=cpath.stem, key=f"contrast_name_{cpath}"
+            "Name of the contrastive set",
+            value=formats.data_file_stem(cpath),
+            key=f"contrast_name_{cpath}",
         )
         if st.button("Import contrastive set", type="primary", key="contrast_import"):
             try:

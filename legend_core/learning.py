@@ -1,0 +1,378 @@
+"""Learning directions from labelled pairs, the model and store side (issue 13).
+
+``labelled`` does the maths on embeddings; this module gets the embeddings (a forward pass
+over labelled pairs at every layer, or a margin run's cached vectors for its reviewed
+pairs), runs the learning with the settings EVALUATION.md chose, and packages the result
+as a :class:`~legend_core.directions.Direction` whose metadata says which labels, how many
+and which folds. It also scores pairs with such a direction, cross-fitted where the
+direction was learned from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from legend_core import labelled as lab
+from legend_core.evaluate import Interval, format_table
+from legend_core.labelled import LabelledQuality, LearnedDirection, ProbeSettings
+
+if TYPE_CHECKING:
+    from legend_core.directions import Direction
+    from legend_core.encode import EncodeSettings, Progress
+    from legend_core.models import LoadedModel
+    from legend_core.store import PairText, Store
+    from legend_core.types import PreferencePair
+
+#: The method name of a direction learned from labels.
+LEARNED_METHOD = "probe"
+
+#: The estimator EVALUATION.md chose on the tune half (issue 13): a logistic probe on pair
+#: differences, the response lengths projected out, layer and C by 5-fold CV.
+DEFAULT_PROBE = ProbeSettings(c=0.01, prior_weight=0.0, debias_length=True, balance_length=False)
+
+
+@dataclass
+class LabelledSet:
+    """Labelled pairs as the learner needs them.
+
+    Attributes:
+        diffs: Layer -> (n, d) pair differences oriented from the less safe to the safer
+            response (float64).
+        signs: (n,) +1 where the imported chosen response is the safer one, -1 where a
+            review says the rejected one is.
+        chosen_lengths: Characters of each imported chosen response.
+        rejected_lengths: Characters of each imported rejected response.
+        keys: Each pair's :func:`legend_core.labelled.pair_key`.
+        source: Where the labels came from, for the provenance.
+    """
+
+    diffs: dict[int, np.ndarray]
+    signs: np.ndarray
+    chosen_lengths: np.ndarray
+    rejected_lengths: np.ndarray
+    keys: list[str]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.signs)
+
+    @property
+    def longer(self) -> np.ndarray:
+        """+1 where the safer response is the longer one, -1 where it is the shorter."""
+        return lab.safer_longer(self.chosen_lengths, self.rejected_lengths, self.signs)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Length differences, oriented like the differences (safer minus less safe)."""
+        return lab.length_features(self.chosen_lengths, self.rejected_lengths) * self.signs[
+            :, None
+        ]
+
+
+def labelled_set(
+    texts: Sequence[PreferencePair] | Sequence[PairText],
+    chosen: Mapping[int, np.ndarray],
+    rejected: Mapping[int, np.ndarray],
+    signs: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> LabelledSet:
+    """A :class:`LabelledSet` from pairs and their embeddings (layer -> (n, d) arrays)."""
+    n = len(texts)
+    s = np.ones(n) if signs is None else np.asarray(signs, dtype=np.float64)
+    diffs = {k: lab.differences(chosen[k], rejected[k], s) for k in sorted(chosen)}
+    return LabelledSet(
+        diffs=diffs,
+        signs=s,
+        chosen_lengths=np.array([len(p.chosen) for p in texts]),
+        rejected_lengths=np.array([len(p.rejected) for p in texts]),
+        keys=[lab.pair_key(p.prompt, p.chosen, p.rejected) for p in texts],
+        source=dict(source or {}),
+    )
+
+
+def encode_labelled(
+    lm: LoadedModel,
+    pairs: Sequence[PreferencePair] | Sequence[PairText],
+    settings: EncodeSettings,
+    signs: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+    layers: Sequence[int] | None = None,
+    progress: Progress | None = None,
+    **encode_options: Any,
+) -> LabelledSet:
+    """Encode labelled pairs at every layer (1..N, one forward pass per pair)."""
+    from legend_core.encode import encode_pairs
+
+    if len(pairs) < 2 * lab.DEFAULT_FOLDS:
+        raise ValueError(
+            f"learning from labels needs at least {2 * lab.DEFAULT_FOLDS} labelled pairs; "
+            f"got {len(pairs)}"
+        )
+    wanted = list(layers) if layers is not None else list(range(1, lm.num_layers + 1))
+    c, r = encode_pairs(
+        lm,
+        [p.prompt for p in pairs],
+        [p.chosen for p in pairs],
+        [p.rejected for p in pairs],
+        layers=wanted,
+        settings=settings,
+        progress=progress,
+        **encode_options,
+    )
+    return labelled_set(pairs, c.vectors, r.vectors, signs, source)
+
+
+@dataclass
+class LearnReport:
+    """A learned direction and the evidence for it, as the command line and the lab show it.
+
+    Attributes:
+        learned: The learner's result (vector, layer, C, folds, fold vectors, candidates).
+        quality: Per layer, cross-validated agreement of the probe at its best C, with the
+            length split and random directions at that layer.
+        contrastive: Per layer, agreement of the contrastive direction on the same labelled
+            pairs (it never saw them), when one was given.
+        length_baseline: Agreement of "the shorter response is safer".
+        nested: Agreement from pairs the choice of layer and C never saw (nested CV).
+        nested_shorter: The same where the safer response is the shorter one.
+        nested_longer: The same where the safer response is the longer one.
+        n: Labelled pairs.
+    """
+
+    learned: LearnedDirection
+    quality: list[LabelledQuality]
+    contrastive: list[LabelledQuality]
+    length_baseline: Interval
+    nested: Interval | None
+    nested_shorter: Interval | None
+    nested_longer: Interval | None
+    n: int
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per layer: learned (CV) and contrastive agreement side by side."""
+        contrastive = {q.layer: q for q in self.contrastive}
+        out = []
+        for q in self.quality:
+            row = {
+                "layer": f"{q.layer}{'*' if q.layer == self.learned.layer else ''}",
+                "learned (CV)": q.agreement.estimate,
+                "low": q.agreement.low,
+                "high": q.agreement.high,
+                "safer shorter": q.safer_shorter.estimate,
+                "safer longer": q.safer_longer.estimate,
+                "random 97.5%": q.random_high,
+            }
+            if q.layer in contrastive:
+                row["contrastive"] = contrastive[q.layer].agreement.estimate
+                row["contrastive, safer longer"] = contrastive[q.layer].safer_longer.estimate
+            out.append(row)
+        return out
+
+    def text(self) -> str:
+        """The per-layer table and the honest summary, as plain text."""
+        share = [
+            "learned (CV)",
+            "low",
+            "high",
+            "safer shorter",
+            "safer longer",
+            "random 97.5%",
+            "contrastive",
+            "contrastive, safer longer",
+        ]
+        learned = self.learned
+        lines = [
+            f"agreement with {self.n} labelled pairs per layer ({learned.fold_vectors.shape[0]}-"
+            "fold cross-validation: each pair scored by a probe that never saw it; * = chosen):",
+            format_table(self.rows(), percent=share),
+            "",
+            f"baseline, the shorter response is safer: {self.length_baseline}",
+        ]
+        if self.nested is not None:
+            lines.append(
+                f"chosen layer {learned.layer}, C {learned.c:g}; agreement from pairs the "
+                f"choice never saw (nested CV): {self.nested}; safer response shorter: "
+                f"{self.nested_shorter}; longer: {self.nested_longer}"
+            )
+        lines.append(f"learning took {learned.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def learn(
+    lset: LabelledSet,
+    settings: ProbeSettings = DEFAULT_PROBE,
+    contrastive: Mapping[int, np.ndarray] | None = None,
+    cs: Sequence[float] = lab.DEFAULT_CS,
+    k: int = lab.DEFAULT_FOLDS,
+    seed: int = 0,
+    nested: bool = True,
+    n_random: int = 200,
+    progress: Callable[[int, int], None] | None = None,
+) -> LearnReport:
+    """Learn a direction from labelled pairs and measure it (and the contrastive direction).
+
+    Args:
+        lset: The labelled pairs.
+        settings: The estimator (``prior_weight`` > 0 pulls it toward ``contrastive``).
+        contrastive: Layer -> the contrastive direction at that layer (its agreement is
+            reported beside the learned one; it is the prior when ``prior_weight`` > 0).
+        cs: Penalties tried by cross-validation.
+        k: Folds (choice, cross-fitting and nested estimate).
+        seed: Seed of the folds.
+        nested: Measure the whole procedure by nested CV (k + 1 times the work).
+        n_random: Random directions per layer for the baseline.
+        progress: ``progress(done, total)`` over probe fits.
+    """
+    if lset.n < 2 * k:
+        raise ValueError(f"{lset.n} labelled pairs are too few for {k}-fold cross-validation")
+    longer = lset.longer
+    learned = lab.learn_direction(
+        lset.diffs,
+        settings,
+        cs,
+        contrastive if settings.prior_weight > 0 else None,
+        lset.lengths,
+        longer,
+        k=k,
+        seed=seed,
+        nested=nested,
+        progress=progress,
+    )
+    quality = learned.layer_quality(lset.diffs, longer, n_random)
+    contrast_quality = (
+        lab.labelled_quality(
+            lset.diffs, {k_: v for k_, v in contrastive.items() if k_ in lset.diffs}, longer, 0
+        )
+        if contrastive
+        else []
+    )
+    nested_iv = shorter = longer_iv = None
+    if learned.nested_margins is not None:
+        nested_iv = lab.agreement_interval(learned.nested_margins)
+        shorter, longer_iv = lab.length_split(learned.nested_margins, longer)
+    return LearnReport(
+        learned=learned,
+        quality=quality,
+        contrastive=contrast_quality,
+        length_baseline=lab.length_baseline(
+            lset.chosen_lengths, lset.rejected_lengths, lset.signs
+        ),
+        nested=nested_iv,
+        nested_shorter=shorter,
+        nested_longer=longer_iv,
+        n=lset.n,
+    )
+
+
+def learned_direction(
+    report: LearnReport,
+    lset: LabelledSet,
+    base: Direction,
+    name: str = "",
+) -> Direction:
+    """The learned direction as a :class:`Direction`, with its provenance under ``labels``.
+
+    ``base`` gives the model and encoder settings (the contrastive direction built in the
+    same run, or any direction of the same model and settings); its contrastive quality
+    list is kept.
+    """
+    learned = report.learned
+    labels = learned.provenance(lset.keys, source="")
+    labels["source"] = lset.source
+    labels["n_safer_longer"] = int((lset.longer > 0).sum())
+    labels["quality"] = [q.row() for q in report.quality]
+    labels["contrastive_quality"] = [q.row() for q in report.contrastive]
+    labels["length_baseline"] = report.length_baseline.estimate
+    if report.nested is not None:
+        labels["nested"] = {
+            "agreement": _interval(report.nested),
+            "safer_shorter": _interval(report.nested_shorter),
+            "safer_longer": _interval(report.nested_longer),
+        }
+    return replace(
+        base,
+        vector=learned.vector,
+        layer=learned.layer,
+        method=LEARNED_METHOD,
+        name=name or base.name,
+        n_train=learned.n,
+        n_test=0,
+        labels=labels,
+    )
+
+
+def _interval(iv: Interval | None) -> dict[str, float] | None:
+    if iv is None:
+        return None
+    return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n}
+
+
+def pair_folds(direction: Direction, texts: Sequence[Any]) -> list[int | None]:
+    """Per pair, its fold in the direction's training labels (None: not a training pair, or
+    the direction was not learned from labels)."""
+    labels = getattr(direction, "labels", None) or {}
+    if not labels.get("fold_of"):
+        return [None] * len(texts)
+    keys = [lab.pair_key(p.prompt, p.chosen, p.rejected) for p in texts]
+    return lab.fold_lookup(labels, keys)
+
+
+def fold_vectors(direction: Direction) -> np.ndarray:
+    """(k, d) the fold directions of a learned direction (0 rows if it has none)."""
+    labels = getattr(direction, "labels", None) or {}
+    rows = labels.get("fold_vectors") or []
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+
+def crossfit_note(n_crossfit: int, k: int) -> str:
+    """How the command line and the pages say that margins were cross-fitted."""
+    return (
+        f"{n_crossfit} pairs were among the labels this direction learned from: their margins "
+        f"are cross-fitted ({k} folds: each from a direction that never saw the pair)"
+    )
+
+
+def reviewed_labels(store: Store, run_id: int, admins: Any = frozenset()) -> LabelledSet:
+    """The reviewed pairs of a margin run as labels, with its cached embeddings (one layer).
+
+    A pair counts when its reviews decide a side (a verdict; disputed pairs are left out):
+    accept or an override ``≥ 0`` keeps the imported label, flip or an override ``< 0``
+    swaps it. Embeddings are the run's (its layer and settings), from the store's cache.
+    """
+    from legend_core.store import EmbeddingSpace, text_key
+
+    run = store.get_run(run_id)
+    frame = store.run_frame(run_id, admins=admins)
+    decided = frame[(frame["n_verdicts"] > 0) & ~frame["disputed"]]
+    space = EmbeddingSpace.from_settings(run.settings)
+    keys_c = [text_key(p, c) for p, c in zip(decided["prompt"], decided["chosen"])]
+    keys_r = [text_key(p, r) for p, r in zip(decided["prompt"], decided["rejected"])]
+    cached = store.get_embeddings(space, keys_c + keys_r)
+    have = [kc in cached and kr in cached for kc, kr in zip(keys_c, keys_r)]
+    decided = decided[have]
+    if decided.empty:
+        raise ValueError(f"margin run {run_id} has no reviewed pairs with cached embeddings")
+    layer = int(run.settings["layer"])
+    chosen = np.stack([cached[k] for k, ok in zip(keys_c, have) if ok]).astype(np.float32)
+    rejected = np.stack([cached[k] for k, ok in zip(keys_r, have) if ok]).astype(np.float32)
+    signs = np.where(decided["flipped"].to_numpy(dtype=bool), -1.0, 1.0)
+    texts = [_Text(p, c, r) for p, c, r in decided[["prompt", "chosen", "rejected"]].itertuples(False)]
+    return labelled_set(
+        texts,
+        {layer: chosen},
+        {layer: rejected},
+        signs,
+        {"kind": "reviews", "run_id": run_id, "dataset_id": run.dataset_id},
+    )
+
+
+@dataclass(frozen=True)
+class _Text:
+    prompt: str
+    chosen: str
+    rejected: str
