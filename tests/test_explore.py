@@ -207,11 +207,14 @@ def test_export_file_returns_bytes_and_manifest(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.db'}"
     ids = large_db(url, n=50)
     store = Store(url)
-    out = explore.export_file(store, ids["run_id"], "jsonl", "my set/../run 1", provenance=True)
+    out = explore.export_file(
+        store, ids["run_id"], "jsonl", "my set/../run 1", provenance=True, scale="none"
+    )
     assert out.file_name == "my_set_.._run_1.jsonl" and out.mime == "application/jsonl"
     rows = [json.loads(line) for line in out.data.decode().splitlines()]
     assert len(rows) == 50 == out.manifest["counts"]["rows"]
     assert {r["pair_id"]: r["margin"] for r in rows}[store.dataset_frame(1)["id"][2]] == 1.5
+    assert out.manifest["margin"]["scale"] == "none"
     assert json.loads(out.manifest_bytes)["run"]["id"] == ids["run_id"]
     parquet = explore.export_file(store, ids["run_id"], "parquet", "x", reviewed_only=True)
     assert parquet.data[:4] == b"PAR1" and parquet.manifest["counts"]["rows"] == 3

@@ -81,7 +81,7 @@ def test_markup_and_odd_text_are_stored_and_exported_verbatim(tmp_path: Path) ->
     (review,) = store.pair_history(pair_id)
     assert (review.annotator, review.note) == ("<img src=x onerror=alert(1)>", "'); --")
     out = tmp_path / "weird.jsonl"
-    export_dataset(store, run_id, out)
+    export_dataset(store, run_id, out, exclude_flagged=False)  # the flagged pair too
     back = read_pairs(out).pairs
     assert {(p.prompt, p.chosen, p.rejected) for p in back} == {
         (p.prompt, p.chosen, p.rejected) for p in weird
