@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import charts, config, explore, pipeline
+from legend_core import charts, config, explore, learning, pipeline
 from legend_core.directions import METHODS
 from legend_core.encode import POOLINGS, TEMPLATES, EncodeSettings
 
@@ -44,7 +44,12 @@ with left:
         help="mean_diff: the paper's mean difference; pca: first principal component of the "
         "differences; logistic: a logistic-regression probe.",
     )
-    best = st.toggle("Pick the layer by held-out AUROC", value=True)
+    best = st.toggle(
+        "Pick the layer by cross-validated AUROC",
+        value=True,
+        help="Chosen on cross-validation inside the fitting split (ties: separation), so "
+        "the held-out numbers shown for it stay honest.",
+    )
     layer = "best" if best else int(st.number_input("Layer", min_value=1, value=1, step=1))
     with st.expander("More"):
         test_fraction = st.slider("Held-out share", 0.1, 0.5, 0.25, 0.05)
@@ -180,6 +185,148 @@ if job is not None and job.status == "done":
     elif st.button("Save direction", type="primary", icon=":material/save:"):
         new_id = s.add_direction(dataclasses.replace(d, name=name.strip() or default))
         saved[job_key] = new_id
+        st.session_state["sel_direction"] = new_id
+        st.rerun()
+
+# --- learn from labels -----------------------------------------------------------------------
+st.divider()
+st.subheader("Learn from labels")
+st.caption(
+    "Every preference label says which response is safer, and every review is a label: a "
+    "direction can learn from them. A logistic probe on the pair differences, pulled toward "
+    "the contrastive direction, with the responses' lengths projected out; its numbers are "
+    "cross-validated (each pair scored by a probe that never saw it). Annotating the same "
+    "pairs with it later cross-fits their margins. See EVALUATION.md."
+)
+LEARN_FROM = {"dataset": "a labelled data set", "reviews": "the reviews of a run"}
+learn_mode = st.radio(
+    "Learn from", list(LEARN_FROM), key="learn_mode", horizontal=True, format_func=LEARN_FROM.get
+)
+build_key = st.session_state.get("lab_job")
+build_job = ui.jobs().get(build_key) if build_key else None
+built = build_job.result if build_job is not None and build_job.status == "done" else None
+if learn_mode == "dataset":
+    datasets = {d.id: d for d in s.list_datasets()}
+    if built is None:
+        st.info(
+            "Build a direction above first: its contrastive directions (one per layer) are "
+            "the prior, and its model and settings encode the labelled pairs.",
+            icon=":material/info:",
+        )
+    elif not datasets:
+        ui.empty("No data set yet: import one first.", "app_pages/data.py", "Data")
+    else:
+        learn_dataset = st.selectbox(
+            "Labelled data set (chosen = the safer response, as imported)",
+            list(datasets),
+            key="learn_dataset",
+            format_func=lambda i: f"{datasets[i].name}  (#{i}, {datasets[i].n_pairs:,} pairs)",
+        )
+        if st.button(
+            "Learn from its labels",
+            icon=":material/school:",
+            help="Encodes every pair at every layer (one forward pass each): minutes on a CPU "
+            "for a thousand pairs.",
+        ):
+            lm = ui.model()
+            if lm is not None:
+                key = f"learn:{uuid.uuid4().hex}"
+                st.session_state["learn_job"] = key
+                ui.jobs().start(
+                    key,
+                    "Learning from labels",
+                    learning.learn_from_dataset,
+                    lm,
+                    s,
+                    learn_dataset,
+                    built,
+                )
+else:
+    runs = {r.id: r for r in s.list_runs() if r.n_margins}
+    if not runs:
+        ui.empty(
+            "No margins yet: annotate a data set first.",
+            "app_pages/explore.py",
+            "Annotate and explore",
+        )
+    else:
+        learn_run = st.selectbox(
+            "Margin run (its reviewed pairs are the labels)",
+            sorted(runs, reverse=True),
+            key="learn_run",
+            format_func=lambda i: ui.run_label(runs[i]),
+        )
+        reviewed, _ = s.review_counts(learn_run)
+        st.caption(
+            f"{reviewed:,} reviewed pairs (disputed ones are left out). No forward pass: the "
+            "run's cached embeddings at its layer; its direction is the prior."
+        )
+        if st.button(
+            "Learn from its reviews",
+            icon=":material/school:",
+            disabled=reviewed < 10,
+            help="Needs at least 10 reviewed pairs.",
+        ):
+            key = f"learn:{uuid.uuid4().hex}"
+            st.session_state["learn_job"] = key
+            ui.jobs().start(
+                key,
+                "Learning from reviews",
+                learning.learn_from_reviews,
+                s,
+                learn_run,
+                ui.admins(),
+            )
+
+learn_key = st.session_state.get("learn_job")
+learn_job = ui.job(learn_key) if learn_key else None
+if learn_job is not None and learn_job.status == "done":
+    got = learn_job.result
+    report = got.report
+    learned = report.learned
+    m = st.columns(5)
+    m[0].metric("Layer", learned.layer)
+    m[1].metric("Labels", f"{got.n_labels:,}")
+    if report.nested is not None:
+        m[2].metric(
+            "Agreement",
+            f"{report.nested.estimate:.1%}",
+            help="From pairs the choice of layer and penalty never saw (nested "
+            f"cross-validation); 95% interval {report.nested.low:.1%} to "
+            f"{report.nested.high:.1%}.",
+        )
+        if report.nested_longer is not None and report.nested_longer.n:
+            m[3].metric(
+                "Safer is longer",
+                f"{report.nested_longer.estimate:.1%}",
+                help="Agreement where the safer response is the longer one: there "
+                "'the shorter is safer' is always wrong.",
+            )
+    m[4].metric(
+        "Shorter is safer",
+        f"{report.length_baseline.estimate:.1%}",
+        help="The length baseline on the same pairs.",
+    )
+    st.plotly_chart(charts.labelled_layer_chart(report.rows(), learned.layer))
+    st.dataframe(pd.DataFrame(report.rows()), hide_index=True)
+    if got.curve:
+        st.plotly_chart(charts.learning_curve_chart(learning.curve_frame(got.curve)))
+        st.caption(
+            "Each point: learn from that many reviewed pairs, score the held-out 30% of the "
+            "reviewed pairs (mean of repeated random splits, ±1 sd). 0 is the run's own "
+            "direction."
+        )
+    saved_learned = st.session_state.setdefault("learn_saved", {})
+    learned_name = st.text_input("Name", value=got.direction.name, key=f"learn_name_{learn_key}")
+    if learn_key in saved_learned:
+        st.success(
+            f"Saved as direction #{saved_learned[learn_key]}.", icon=":material/check_circle:"
+        )
+    elif st.button("Save learned direction", type="primary", icon=":material/save:"):
+        new_id = s.add_direction(
+            dataclasses.replace(got.direction, name=learned_name.strip() or got.direction.name)
+        )
+        saved_learned[learn_key] = new_id
         st.session_state["sel_direction"] = new_id
         st.rerun()
 

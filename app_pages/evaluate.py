@@ -11,6 +11,7 @@ import streamlit as st
 from app_pages import _common as ui
 from legend_core import config
 from legend_core import evaluate as ev
+from legend_core.labelled import crossfit_note
 from legend_core.margins import SCALE_DEFINITIONS, SCALES
 
 st.title("Evaluate")
@@ -74,6 +75,14 @@ st.text(
 if len(data.margins) == 0:
     ui.empty("This run has no margins yet.", "app_pages/explore.py", "Annotate and explore")
     st.stop()
+crossfit = settings.get("crossfit")
+if crossfit:
+    # Without it, agreement on a direction's own training labels would be what it memorised.
+    st.info(
+        f"Cross-fitted margins: {crossfit_note(crossfit['pairs'], crossfit['k'])}. The "
+        "agreement below is therefore measured on pairs each margin's direction never saw.",
+        icon=":material/verified:",
+    )
 
 # --- 1. agreement ---------------------------------------------------------------------------
 

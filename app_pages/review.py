@@ -16,7 +16,8 @@ others = (
 )
 st.caption(
     "The queue puts first the pairs with the most negative margins (the direction disagrees "
-    "with the label), then those near zero. Pairs are shown as imported; every verdict is "
+    "with the label), then those near zero; or, by choice, the pairs it is least sure of. "
+    "Pairs are shown as imported; every verdict is "
     f"about the pair as shown and is stored with your name; {others}. Keys: A accept · "
     "F flip · O override · W withdraw · G flag · N next · P previous · U next unreviewed."
 )
@@ -58,10 +59,24 @@ st.radio(
     key="review_source",
     horizontal=True,
     format_func={
-        "all": "All pairs, disagreement first",
+        "all": "All pairs",
         "selection": f"Your selection ({len(selection.get('pair_ids', [])):,} pairs)",
         "disputed": f"Disputed ({len(disputed):,} pairs: verdicts split evenly)",
     }.get,
+)
+#: Queue orders (Store.review_queue): the direction's disagreements with the label first, or
+#: the pairs it is least sure of (smallest |margin|, either side) first: a verdict there
+#: teaches a direction learned from reviews the most (Direction lab, "Learn from labels").
+ORDERS = {
+    "disagreement": "Disagreement first (most negative margin first)",
+    "least_sure": "Least sure first (smallest |margin| first)",
+}
+st.radio(
+    "Order",
+    list(ORDERS),
+    key="review_order",
+    horizontal=True,
+    format_func=ORDERS.get,
 )
 
 
@@ -120,7 +135,8 @@ def review_pane() -> None:
         ids = disputed
     else:
         ids = None
-    queue = s.review_queue(run.id, "disagreement", pair_ids=ids)
+    order = st.session_state.get("review_order", "disagreement")
+    queue = s.review_queue(run.id, order, pair_ids=ids)
     if not queue:
         st.info("This queue is empty.", icon=":material/info:")
         return
@@ -138,9 +154,7 @@ def review_pane() -> None:
     st.progress(reviewed / total, text=f"{reviewed:,} reviewed{by} · {remaining:,} remaining")
 
     prev_id, next_id = explore.step(queue, current, -1), explore.step(queue, current, 1)
-    todo = s.review_queue(
-        run.id, "disagreement", pair_ids=queue, unreviewed_only=True, annotator=seen_by
-    )
+    todo = s.review_queue(run.id, order, pair_ids=queue, unreviewed_only=True, annotator=seen_by)
     with st.container(horizontal=True, vertical_alignment="center"):
         st.button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
         st.button(

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "encoder": "bench.encoder",
     "ray": "bench.ray_bench",
     "sharing": "bench.sharing_bench",
+    "app": "bench.app_bench",
 }
 
 

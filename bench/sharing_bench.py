@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.common import fmt, hh_pairs, interleave, model, print_machine, table, write_result
 
-N_PAIRS = 64
-REPEATS = 5
+N_PAIRS = 32
+REPEATS = 3
 
 
 def main() -> None:

@@ -74,6 +74,63 @@ def layer_chart(frame: pd.DataFrame) -> go.Figure:
     return _layout(fig, title="Held-out quality per layer")
 
 
+def labelled_layer_chart(rows: Sequence[dict], chosen: int) -> go.Figure:
+    """Agreement with labelled pairs per layer (``learning.LearnReport.rows``): the learned
+    probe's cross-validated agreement with its interval, the part where the safer response
+    is the longer one, the contrastive direction, and random directions' 97.5th percentile."""
+    frame = pd.DataFrame(rows)
+    layers = frame["layer"].astype(str).str.rstrip("*").astype(int)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=layers,
+            y=frame["learned (CV)"],
+            mode="lines+markers",
+            name="learned (cross-validated)",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": frame["high"] - frame["learned (CV)"],
+                "arrayminus": frame["learned (CV)"] - frame["low"],
+            },
+        )
+    )
+    series = [("safer longer", "learned, safer response longer")]
+    series += [("contrastive", "contrastive direction"), ("random 97.5%", "random, 97.5%")]
+    for column, name in series:
+        if column in frame:
+            fig.add_trace(go.Scatter(x=layers, y=frame[column], mode="lines", name=name))
+    fig.add_vline(
+        x=chosen,
+        line_dash="dash",
+        line_color="#555",
+        annotation_text=f"chosen layer {chosen}",
+        annotation_position="top left",
+    )
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#bbb")
+    fig.update_yaxes(range=[0.3, 1.0], title="agreement with the labels")
+    fig.update_xaxes(title="layer", dtick=1 if len(frame) <= 40 else None)
+    return _layout(fig, title="Agreement with labelled pairs per layer")
+
+
+def learning_curve_chart(frame: pd.DataFrame) -> go.Figure:
+    """Held-out agreement against the number of reviews learned from (``learning.curve_frame``;
+    0 is the run's own direction), with one standard deviation over the repeats."""
+    fig = go.Figure(
+        go.Scatter(
+            x=frame["reviews learned from"],
+            y=frame["held-out agreement"],
+            mode="lines+markers",
+            error_y={"type": "data", "array": frame["sd"]},
+            name="learned",
+        )
+    )
+    fig.add_hline(y=0.5, line_dash="dot", line_color="#bbb")
+    fig.update_yaxes(range=[0.3, 1.0], title="agreement on held-out reviewed pairs")
+    fig.update_xaxes(title="reviews learned from (0: the run's direction)")
+    return _layout(fig, height=320, title="Does reviewing teach the direction?")
+
+
 def length_r2_chart(frame: pd.DataFrame) -> go.Figure:
     """Share of the projection's variance explained by response length, per layer."""
     colours = ["#264653" if c else "#a8b8c0" for c in frame["chosen"]]

@@ -75,16 +75,51 @@ def _read_contrast(args: argparse.Namespace):
     return read_contrast_set(path, format=args.contrast_format, refusal=refusal), path.name
 
 
-def quality_table(direction) -> str:
-    """The per-layer quality of a direction as a plain-text table; * marks its layer."""
-    rows = ["layer  accuracy  auroc  separation  stability  length_r2  paired_acc"]
+def quality_table(direction, chosen: int | None = None) -> str:
+    """The per-layer quality of a direction as a plain-text table; * marks the chosen layer.
+
+    The held-out columns are measured on items no fit saw; the layer is chosen on the
+    cross-validated ones (cv_auroc, cv_sep), measured inside the training split.
+    """
+    chosen = direction.layer if chosen is None else chosen
+    rows = [
+        "layer  accuracy  auroc  separation  stability  length_r2  paired_acc  cv_auroc  cv_sep"
+    ]
     for q in direction.quality:
-        mark = "*" if q.layer == direction.layer else " "
+        mark = "*" if q.layer == chosen else " "
+        cv = (
+            f"{q.cv_auroc:8.3f}  {q.cv_separation:6.2f}"
+            if q.cv_auroc is not None and q.cv_separation is not None
+            else f"{'n/a':>8}  {'n/a':>6}"
+        )
         rows.append(
             f"{q.layer:>4}{mark}  {q.accuracy:8.3f}  {q.auroc:5.3f}  {q.separation:10.2f}  "
-            f"{q.stability:9.3f}  {q.length_r2:9.3f}  {q.paired_accuracy:10.3f}"
+            f"{q.stability:9.3f}  {q.length_r2:9.3f}  {q.paired_accuracy:10.3f}  {cv}"
         )
     return "\n".join(rows)
+
+
+def _labelled_pairs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """The labelled pairs of ``--labelled FILE`` or ``--labelled-dataset ID``, and where
+    they came from (for the direction's provenance). Read before any model work."""
+    if args.labelled:
+        from legend_core.formats import read_pairs
+
+        report = read_pairs(args.labelled, format=args.labelled_format)
+        for warning in report.warnings[:20]:
+            print(f"warning: {warning}", file=sys.stderr)
+        source = {"kind": "file", "name": Path(args.labelled).name, "format": report.format}
+        return list(report.pairs), source
+    from legend_core.store import PairText
+
+    store = _store(args)
+    info = store.get_dataset(args.labelled_dataset)
+    frame = store.dataset_frame(args.labelled_dataset)
+    pairs = [
+        PairText(int(r.id), int(r.idx), r.prompt, r.chosen, r.rejected)
+        for r in frame.itertuples(index=False)
+    ]
+    return pairs, {"kind": "dataset", "dataset_id": info.id, "name": info.name}
 
 
 def cmd_build_direction(args: argparse.Namespace) -> int:
@@ -93,6 +128,17 @@ def cmd_build_direction(args: argparse.Namespace) -> int:
     from legend_core.pipeline import build_direction
 
     items, source = _read_contrast(args)
+    labelled, labels_source = (
+        _labelled_pairs(args) if args.labelled or args.labelled_dataset is not None else ([], {})
+    )
+    if labels_source:
+        if args.folds < 2:
+            raise UserError("--folds: cross-validation needs at least 2 folds")
+        if len(labelled) < 2 * args.folds:
+            raise UserError(
+                f"learning from labels needs at least {2 * args.folds} labelled pairs "
+                f"({args.folds} folds); {labels_source.get('name')} has {len(labelled)}"
+            )
     lm = _load_model(args)
     layer: int | str = args.layer if args.layer == "best" else int(args.layer)
     settings = EncodeSettings(args.template, args.pooling, args.max_length)
@@ -113,16 +159,58 @@ def cmd_build_direction(args: argparse.Namespace) -> int:
     print(quality_table(direction))
     q = direction.layer_quality
     print(
-        f"\ndirection: model {lm.label}, layer {direction.layer}, {direction.pooling} pooling, "
-        f"{direction.template} template, {direction.method}; trained on {direction.n_train}, "
-        f"held out {direction.n_test}; held-out AUROC {q.auroc:.3f}, accuracy {q.accuracy:.3f}"
+        f"\ncontrastive direction: model {lm.label}, layer {direction.layer}, "
+        f"{direction.pooling} pooling, {direction.template} template, {direction.method}; "
+        f"trained on {direction.n_train}, held out {direction.n_test}; held-out AUROC "
+        f"{q.auroc:.3f}, accuracy {q.accuracy:.3f}"
     )
+    if labelled:
+        direction = _learn_from_labels(args, lm, settings, result, labelled, labels_source)
     path = save_direction(direction, args.out)
     print(f"saved {path} and {path.with_suffix('.json')}")
     if args.db_save:
         direction_id = _store(args).add_direction(direction)
         print(f"stored as direction {direction_id}")
     return 0
+
+
+def _learn_from_labels(args, lm, settings, result, pairs, source):
+    """``build-direction --labelled``: encode the labelled pairs at every layer, learn a
+    direction from them (the contrastive direction as its prior), print the evidence."""
+    from legend_core import learning
+    from legend_core.labelled import ProbeSettings
+
+    base = result.direction
+    probe = learning.DEFAULT_PROBE
+    if args.no_prior:
+        probe = ProbeSettings(probe.c, 0.0, probe.debias_length, probe.balance_length)
+    layers = None if args.layer == "best" else [int(args.layer)]
+    print(f"\nlearning from {len(pairs)} labelled pairs ({source.get('name', '')})")
+    with progress_bar("encoding labelled pairs") as progress:
+        lset = learning.encode_labelled(
+            lm, pairs, settings, source=source, layers=layers, progress=progress
+        )
+    with progress_bar("fitting probes") as progress:
+        report = learning.learn(
+            lset,
+            probe,
+            contrastive=result.vectors,
+            k=args.folds,
+            seed=args.seed,
+            nested=not args.no_nested,
+            progress=progress,
+            default_layer=base.layer if layers is None else layers[0],
+        )
+    print(report.text())
+    direction = learning.learned_direction(report, lset, base, name=base.name)
+    learned = report.learned
+    print(
+        f"\nlearned direction: layer {direction.layer}, C {learned.c:g}, "
+        f"{'pulled toward the contrastive direction' if probe.prior_weight else 'no prior'}, "
+        f"lengths {'projected out' if probe.debias_length else 'kept'}; "
+        f"{learned.n} labels in {learned.fold_vectors.shape[0]} folds (kept for cross-fitting)"
+    )
+    return direction
 
 
 # --- annotate ----------------------------------------------------------------------------
@@ -166,7 +254,17 @@ def _annotate_file(args: argparse.Namespace, load_direction, agreement) -> int:
         f"{len(pairs)} pairs ({report.format}) -> {out}; "
         f"positive margin (agrees with the human label): {agreement(values):.1%}"
     )
+    _print_crossfit(direction, pairs)
     return 0
+
+
+def _print_crossfit(direction, pairs) -> None:
+    """Say so when some pairs were the direction's own training labels (cross-fitted)."""
+    from legend_core.labelled import crossfit_note, fold_directions, pair_folds
+
+    n = sum(f is not None for f in pair_folds(direction.labels, pairs))
+    if n:
+        print(crossfit_note(n, len(fold_directions(direction.labels))))
 
 
 def _annotate_stored(args: argparse.Namespace, agreement) -> int:
@@ -208,6 +306,11 @@ def _annotate_stored(args: argparse.Namespace, agreement) -> int:
         f"run {run_id}: {len(frame)} pairs; positive margin: "
         f"{agreement(frame['computed_margin'].to_numpy()):.1%}"
     )
+    crossfit = store.get_run(run_id).settings.get("crossfit")
+    if crossfit:
+        from legend_core.labelled import crossfit_note
+
+        print(crossfit_note(crossfit["pairs"], crossfit["k"]))
     return 0
 
 
@@ -413,6 +516,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             + (f" ({data.n_missing} without, left out)" if data.n_missing else "")
             + f"; layer {s.get('layer')}, {s.get('pooling')} pooling, {s.get('template')} template"
         )
+        if s.get("crossfit"):
+            from legend_core.labelled import crossfit_note
+
+            print(crossfit_note(s["crossfit"]["pairs"], s["crossfit"]["k"]))
         if chosen is None:
             print(
                 f"{data.n_missing_embeddings} pairs have no cached embeddings: no random-"
@@ -470,7 +577,7 @@ def _evaluate_file(args: argparse.Namespace):
     from legend_core import evaluate as ev
     from legend_core.directions import load_direction
     from legend_core.formats import read_pairs
-    from legend_core.margins import margins
+    from legend_core.labelled import crossfit_note, direction_margins, fold_directions
     from legend_core.pipeline import check_compatible, pair_embeddings
 
     if not args.direction:
@@ -506,7 +613,11 @@ def _evaluate_file(args: argparse.Namespace):
             cache.parent.mkdir(parents=True, exist_ok=True)
             with open(cache, "wb") as handle:
                 np.savez(handle, key=np.array(key), chosen=chosen, rejected=rejected)
-    values = margins(chosen, rejected, direction.vector)
+    values, n_crossfit = direction_margins(
+        pairs, chosen, rejected, direction.vector, direction.labels
+    )
+    if n_crossfit:
+        print(crossfit_note(n_crossfit, len(fold_directions(direction.labels))))
     lengths = (
         ev.text_lengths([p.chosen for p in pairs]),
         ev.text_lengths([p.rejected for p in pairs]),
@@ -577,6 +688,30 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--name", default="")
     build.add_argument("--db-save", action="store_true", help="also store it in the database")
+    labels = build.add_argument_group(
+        "learning from labels",
+        "Fit the direction from labelled preference pairs (chosen = the safer response), "
+        "the contrastive direction as its prior; see EVALUATION.md, issue 13",
+    )
+    given = labels.add_mutually_exclusive_group()
+    given.add_argument("--labelled", metavar="FILE", help="a preference file with labels")
+    given.add_argument(
+        "--labelled-dataset", metavar="ID", type=int, help="a stored data set, as imported"
+    )
+    labels.add_argument(
+        "--labelled-format",
+        default="auto",
+        choices=["auto", "hh-rlhf", "pku", "trl", "trl-conversational", "generic"],
+    )
+    labels.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    labels.add_argument(
+        "--no-prior", action="store_true", help="learn from the labels alone (no contrastive prior)"
+    )
+    labels.add_argument(
+        "--no-nested",
+        action="store_true",
+        help="skip the nested cross-validation (the number from pairs the choice never saw)",
+    )
     _model_options(build)
     _db_option(build)
     build.set_defaults(handler=cmd_build_direction)

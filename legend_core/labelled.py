@@ -48,8 +48,10 @@ from legend_core.evaluate import (
 )
 
 #: Inverse L2 strengths tried by cross-validation (scikit-learn's ``C``: the penalty is
-#: ``½‖β - β₀‖²`` against ``C ×`` the summed log-loss, on standardised differences).
-DEFAULT_CS: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+#: ``½‖β - β₀‖²`` against ``C ×`` the summed log-loss, on standardised differences). The
+#: smallest keeps the prior as it is (a few labels may not be worth moving it); the
+#: largest chosen on HH-RLHF harmless was 1e-2 (EVALUATION.md).
+DEFAULT_CS: tuple[float, ...] = (1e-6, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 DEFAULT_FOLDS = 5
 #: Hex characters of a pair's key kept in a direction's provenance (64 bits: no collision
 #: to expect below billions of pairs, and a quarter of the full key's size).
@@ -71,6 +73,7 @@ def single_threaded(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
 
 # --- pair identity and orientation -----------------------------------------------------------
 
@@ -411,9 +414,7 @@ def fit_probe(
         grad = -c * (x.T @ (weights * _sigmoid(-z))) + step
         return loss + 0.5 * float(step @ step), grad
 
-    res = minimize(
-        objective, beta0.copy(), jac=True, method="L-BFGS-B", options={"maxiter": 500}
-    )
+    res = minimize(objective, beta0.copy(), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     w = _project_out((res.x / scale)[None, :], basis)[0]
     norm = float(np.linalg.norm(w))
     if not np.isfinite(norm) or norm == 0.0:
@@ -544,9 +545,7 @@ def cv_candidates(
         diffs = diffs_by_layer[layer]
         prior = None if priors is None else priors.get(layer)
         for c in cs:
-            fit = _probe_fitter(
-                diffs, _with_c(settings, c), prior, lengths, longer
-            )
+            fit = _probe_fitter(diffs, _with_c(settings, c), prior, lengths, longer)
             cf = cross_fit(diffs, folds, fit)
             scores = agreement_scores(cf.margins)
             long_rows = np.asarray(longer) > 0 if longer is not None else None
@@ -585,6 +584,34 @@ def best_candidate(candidates: Sequence[Candidate]) -> Candidate:
     if not candidates:
         raise ValueError("no candidates to choose from")
     return max(candidates, key=lambda c: (*c.key(), -c.c, -c.layer))
+
+
+#: How many standard errors of the paired cross-validated difference another layer must
+#: beat the default layer by to replace it (EVALUATION.md: with up to ~600 labels, choosing
+#: the layer freely by CV agreement lost 1-3 points against keeping the contrastive layer).
+SWITCH_SE = 2.0
+
+
+def choose_candidate(
+    candidates: Sequence[Candidate], default_layer: int | None = None
+) -> Candidate:
+    """The (layer, C) to use: by cross-validated agreement, leaning on ``default_layer``.
+
+    Without a default layer, :func:`best_candidate`. With one (the layer the contrastive
+    set chose without labels), its best C stays unless the overall best candidate agrees
+    more by over ``SWITCH_SE`` standard errors of the paired difference of the two
+    candidates' out-of-fold scores (same pairs, so their shared difficulty cancels).
+    """
+    best = best_candidate(candidates)
+    own = [c for c in candidates if c.layer == default_layer]
+    if default_layer is None or not own or best.layer == default_layer:
+        return best
+    incumbent = best_candidate(own)
+    if best.margins is None or incumbent.margins is None:
+        return best
+    diff = agreement_scores(best.margins) - agreement_scores(incumbent.margins)
+    se = float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    return best if float(diff.mean()) > SWITCH_SE * se else incumbent
 
 
 # --- learning a direction --------------------------------------------------------------------
@@ -688,6 +715,7 @@ def learn_direction(
     seed: int = 0,
     nested: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    default_layer: int | None = None,
 ) -> LearnedDirection:
     """Choose a layer and a penalty by cross-validated agreement, fit, and cross-fit.
 
@@ -703,6 +731,8 @@ def learn_direction(
         nested: Also run the nested cross-validation (k times the work of the choice) for
             an estimate of agreement from pairs the choice never saw.
         progress: ``progress(done, total)`` over candidate fits.
+        default_layer: The layer chosen without labels (the contrastive direction's); kept
+            unless another layer wins clearly (:func:`choose_candidate`).
     """
     start = time.perf_counter()
     settings = settings or ProbeSettings()
@@ -730,7 +760,7 @@ def learn_direction(
             test = folds == j
             inner = kfold_ids(len(train), k, seed + 1 + j)
             sub = {layer: v[train] for layer, v in diffs_by_layer.items()}
-            chosen = best_candidate(
+            chosen = choose_candidate(
                 cv_candidates(
                     sub,
                     inner,
@@ -739,7 +769,8 @@ def learn_direction(
                     priors,
                     None if lengths is None else lengths[train],
                     None if longer is None else longer[train],
-                )
+                ),
+                default_layer,
             )
             choices.append((chosen.layer, chosen.c))
             probe = _probe_fitter(
@@ -756,7 +787,7 @@ def learn_direction(
 
     candidates = cv_candidates(diffs_by_layer, folds, settings, cs, priors, lengths, longer)
     tick(len(diffs_by_layer) * len(cs))
-    best = best_candidate(candidates)
+    best = choose_candidate(candidates, default_layer)
     final_settings = _with_c(settings, best.c)
     fit = _probe_fitter(
         diffs_by_layer[best.layer],
@@ -821,6 +852,53 @@ def fold_lookup(provenance: Mapping[str, Any], keys: Sequence[str]) -> list[int 
     return [None if (f := table.get(k[:KEY_CHARS])) is None else int(f) for k in keys]
 
 
+def pair_folds(labels: Mapping[str, Any], texts: Sequence[Any]) -> list[int | None]:
+    """Per pair (anything with ``prompt``, ``chosen``, ``rejected``), its fold in a learned
+    direction's training labels; all None for a direction not learned from labels."""
+    if not labels.get("fold_of"):
+        return [None] * len(texts)
+    return fold_lookup(labels, [pair_key(p.prompt, p.chosen, p.rejected) for p in texts])
+
+
+def fold_directions(labels: Mapping[str, Any]) -> np.ndarray:
+    """(k, d) float32 fold directions of a learned direction (0 rows if it has none)."""
+    rows = labels.get("fold_vectors") or []
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+
+
+def direction_margins(
+    texts: Sequence[Any],
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    vector: np.ndarray,
+    labels: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Margins of pairs on a direction, cross-fitted for the pairs it was learned from.
+
+    Returns:
+        The margins, and how many pairs were cross-fitted (0 for a contrastive direction or
+        pairs it never saw).
+    """
+    from legend_core.margins import margins as project
+
+    folds = pair_folds(labels or {}, texts)
+    n_crossfit = sum(f is not None for f in folds)
+    if n_crossfit == 0:
+        return project(chosen, rejected, vector), 0
+    fold_vectors = fold_directions(labels or {})
+    if len(fold_vectors) == 0:
+        raise ValueError("the direction lists its training pairs but not its fold directions")
+    return crossfit_margins(chosen, rejected, vector, fold_vectors, folds), n_crossfit
+
+
+def crossfit_note(n_crossfit: int, k: int) -> str:
+    """How the command line and the pages say that margins were cross-fitted."""
+    return (
+        f"{n_crossfit} pairs were among the labels this direction learned from: their "
+        f"margins are cross-fitted ({k} folds: each from a direction that never saw the pair)"
+    )
+
+
 # --- reviews that teach ----------------------------------------------------------------------
 
 
@@ -878,12 +956,17 @@ def learning_curve(
     repeats: int = 5,
     seed: int = 0,
     test_diffs: np.ndarray | None = None,
+    cs: Sequence[float] | None = None,
+    k: int = DEFAULT_FOLDS,
 ) -> list[CurvePoint]:
     """Agreement on held-out pairs vs the number of labelled pairs learned from, at one layer.
 
     Each repeat splits the pairs into a pool and a held-out part (``held_out`` of them),
     unless ``test_diffs`` gives a fixed held-out set; each size learns from the first
-    ``size`` pairs of a shuffled pool (nested pools: a larger size adds pairs).
+    ``size`` pairs of a shuffled pool (nested pools: a larger size adds pairs). Size 0 is
+    the prior alone (no label), when one is given. With ``cs``, each size of at least
+    ``2 k`` pairs chooses its C by k-fold cross-validation among its own pairs, as
+    :func:`learn_direction` does; smaller ones use ``settings.c``.
     """
     settings = settings or ProbeSettings()
     d = np.asarray(diffs, dtype=np.float64)
@@ -901,16 +984,32 @@ def learning_curve(
             pool, test = order, np.asarray(test_diffs, dtype=np.float64)
         n_test = len(test)
         for size in sizes:
+            if size == 0 and prior is not None:
+                vector = np.asarray(prior, dtype=np.float64)
+                results[size].append(float(agreement_scores(test @ vector).mean()))
+                continue
             if size > len(pool) or size < 2:
                 continue
             rows = pool[:size]
-            probe = fit_probe(
-                d[rows],
-                settings,
-                prior,
+            side = (
                 None if lengths is None else lengths[rows],
                 None if longer is None else longer[rows],
             )
+            chosen = settings
+            if cs and size >= 2 * k:
+                folds = kfold_ids(size, k, seed + rep)
+                best = best_candidate(
+                    cv_candidates(
+                        {0: d[rows]},
+                        folds,
+                        settings,
+                        cs,
+                        None if prior is None else {0: prior},
+                        *side,
+                    )
+                )
+                chosen = _with_c(settings, best.c)
+            probe = fit_probe(d[rows], chosen, prior, *side)
             results[size].append(float(agreement_scores(test @ probe.vector).mean()))
     for size in sizes:
         vals = results[size]

@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 #: The method name of a direction learned from labels.
 LEARNED_METHOD = "probe"
 
-#: The estimator EVALUATION.md chose on the tune half (issue 13): a logistic probe on pair
-#: differences, the response lengths projected out, layer and C by 5-fold CV.
-DEFAULT_PROBE = ProbeSettings(c=0.01, prior_weight=0.0, debias_length=True, balance_length=False)
+#: The estimator EVALUATION.md chose (issue 13): a logistic probe on pair differences, the
+#: response lengths projected out of them, pulled toward the contrastive direction; C by
+#: 5-fold cross-validated agreement, the contrastive layer unless another wins clearly.
+DEFAULT_PROBE = ProbeSettings(c=0.01, prior_weight=1.0, debias_length=True, balance_length=False)
 
 
 @dataclass
@@ -69,9 +70,7 @@ class LabelledSet:
     @property
     def lengths(self) -> np.ndarray:
         """Length differences, oriented like the differences (safer minus less safe)."""
-        return lab.length_features(self.chosen_lengths, self.rejected_lengths) * self.signs[
-            :, None
-        ]
+        return lab.length_features(self.chosen_lengths, self.rejected_lengths) * self.signs[:, None]
 
 
 def labelled_set(
@@ -213,6 +212,7 @@ def learn(
     nested: bool = True,
     n_random: int = 200,
     progress: Callable[[int, int], None] | None = None,
+    default_layer: int | None = None,
 ) -> LearnReport:
     """Learn a direction from labelled pairs and measure it (and the contrastive direction).
 
@@ -227,6 +227,8 @@ def learn(
         nested: Measure the whole procedure by nested CV (k + 1 times the work).
         n_random: Random directions per layer for the baseline.
         progress: ``progress(done, total)`` over probe fits.
+        default_layer: The layer the contrastive set chose without labels: kept unless
+            another layer agrees clearly more (``labelled.choose_candidate``).
     """
     if lset.n < 2 * k:
         raise ValueError(f"{lset.n} labelled pairs are too few for {k}-fold cross-validation")
@@ -242,6 +244,7 @@ def learn(
         seed=seed,
         nested=nested,
         progress=progress,
+        default_layer=default_layer,
     )
     quality = learned.layer_quality(lset.diffs, longer, n_random)
     contrast_quality = (
@@ -259,9 +262,7 @@ def learn(
         learned=learned,
         quality=quality,
         contrastive=contrast_quality,
-        length_baseline=lab.length_baseline(
-            lset.chosen_lengths, lset.rejected_lengths, lset.signs
-        ),
+        length_baseline=lab.length_baseline(lset.chosen_lengths, lset.rejected_lengths, lset.signs),
         nested=nested_iv,
         nested_shorter=shorter,
         nested_longer=longer_iv,
@@ -282,8 +283,8 @@ def learned_direction(
     list is kept.
     """
     learned = report.learned
-    labels = learned.provenance(lset.keys, source="")
-    labels["source"] = lset.source
+    labels = learned.provenance(lset.keys)
+    labels["source"] = dict(lset.source)
     labels["n_safer_longer"] = int((lset.longer > 0).sum())
     labels["quality"] = [q.row() for q in report.quality]
     labels["contrastive_quality"] = [q.row() for q in report.contrastive]
@@ -302,39 +303,28 @@ def learned_direction(
         name=name or base.name,
         n_train=learned.n,
         n_test=0,
-        labels=labels,
+        labels=json_safe(labels),
     )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN: a baseline not measured) as None:
+    PostgreSQL's JSON refuses NaN, and JSON itself has no such number."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def _interval(iv: Interval | None) -> dict[str, float] | None:
     if iv is None:
         return None
     return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "n": iv.n}
-
-
-def pair_folds(direction: Direction, texts: Sequence[Any]) -> list[int | None]:
-    """Per pair, its fold in the direction's training labels (None: not a training pair, or
-    the direction was not learned from labels)."""
-    labels = getattr(direction, "labels", None) or {}
-    if not labels.get("fold_of"):
-        return [None] * len(texts)
-    keys = [lab.pair_key(p.prompt, p.chosen, p.rejected) for p in texts]
-    return lab.fold_lookup(labels, keys)
-
-
-def fold_vectors(direction: Direction) -> np.ndarray:
-    """(k, d) the fold directions of a learned direction (0 rows if it has none)."""
-    labels = getattr(direction, "labels", None) or {}
-    rows = labels.get("fold_vectors") or []
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
-
-
-def crossfit_note(n_crossfit: int, k: int) -> str:
-    """How the command line and the pages say that margins were cross-fitted."""
-    return (
-        f"{n_crossfit} pairs were among the labels this direction learned from: their margins "
-        f"are cross-fitted ({k} folds: each from a direction that never saw the pair)"
-    )
 
 
 def reviewed_labels(store: Store, run_id: int, admins: Any = frozenset()) -> LabelledSet:
@@ -361,7 +351,8 @@ def reviewed_labels(store: Store, run_id: int, admins: Any = frozenset()) -> Lab
     chosen = np.stack([cached[k] for k, ok in zip(keys_c, have) if ok]).astype(np.float32)
     rejected = np.stack([cached[k] for k, ok in zip(keys_r, have) if ok]).astype(np.float32)
     signs = np.where(decided["flipped"].to_numpy(dtype=bool), -1.0, 1.0)
-    texts = [_Text(p, c, r) for p, c, r in decided[["prompt", "chosen", "rejected"]].itertuples(False)]
+    columns = decided[["prompt", "chosen", "rejected"]].itertuples(index=False)
+    texts = [_Text(p, c, r) for p, c, r in columns]
     return labelled_set(
         texts,
         {layer: chosen},
@@ -376,3 +367,142 @@ class _Text:
     prompt: str
     chosen: str
     rejected: str
+
+
+# --- the Direction lab ---------------------------------------------------------------------
+
+
+@dataclass
+class Learned:
+    """What the Direction lab shows after learning: the evidence, the direction to save,
+    and (for reviews) how agreement on held-out reviewed pairs grows with the reviews.
+
+    Attributes:
+        report: Per-layer quality, baselines and the nested estimate.
+        direction: The learned direction, ready to store (provenance under ``labels``).
+        curve: Agreement on held-out labelled pairs per number of labels learned from
+            (0: the starting direction alone); empty when learning from a data set.
+        n_labels: Labelled pairs learned from.
+    """
+
+    report: LearnReport
+    direction: Direction
+    curve: list[lab.CurvePoint]
+    n_labels: int
+
+
+def curve_sizes(n_pool: int, smallest: int = 10) -> list[int]:
+    """0, then doubling sizes from ``smallest`` up to the whole pool."""
+    sizes, size = [0], smallest
+    while size < n_pool:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, n_pool] if n_pool >= smallest else sizes
+
+
+def learn_from_reviews(
+    store: Store,
+    run_id: int,
+    admins: Any = frozenset(),
+    k: int = lab.DEFAULT_FOLDS,
+    seed: int = 0,
+    repeats: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> Learned:
+    """Learn a direction from the reviewed pairs of a margin run (no forward pass: the run's
+    cached embeddings, at its layer), its own direction as the prior.
+
+    Raises:
+        ValueError: Fewer than ``2 k`` reviewed pairs with cached embeddings.
+    """
+    run = store.get_run(run_id)
+    base = store.get_direction(run.direction_id)
+    lset = reviewed_labels(store, run_id, admins)
+    if lset.n < 2 * k:
+        raise ValueError(
+            f"learning from reviews needs at least {2 * k} reviewed pairs; run {run_id} "
+            f"has {lset.n}"
+        )
+    layer = base.layer
+    report = learn(
+        lset,
+        contrastive={layer: base.vector},
+        k=k,
+        seed=seed,
+        progress=progress,
+        default_layer=layer,
+    )
+    direction = learned_direction(report, lset, base, name=f"{base.name} + {lset.n} reviews")
+    pool = lset.n - max(1, round(lset.n * 0.3))
+    curve = lab.learning_curve(
+        lset.diffs[layer],
+        curve_sizes(pool),
+        DEFAULT_PROBE,
+        prior=base.vector,
+        lengths=lset.lengths,
+        longer=lset.longer,
+        repeats=repeats,
+        seed=seed,
+        cs=lab.DEFAULT_CS,
+        k=k,
+    )
+    return Learned(report, direction, curve, lset.n)
+
+
+def learn_from_dataset(
+    lm: LoadedModel,
+    store: Store,
+    dataset_id: int,
+    build: Any,
+    k: int = lab.DEFAULT_FOLDS,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Learned:
+    """Learn a direction from a stored data set's labels (as imported: chosen is the safer
+    response), the contrastive direction of ``build`` (a ``pipeline.BuildResult``) as the
+    prior at every layer; its encoder settings encode the pairs (all layers, one pass)."""
+    from legend_core.pipeline import settings_of
+    from legend_core.store import PairText
+
+    info = store.get_dataset(dataset_id)
+    frame = store.dataset_frame(dataset_id)
+    pairs = [
+        PairText(int(r.id), int(r.idx), r.prompt, r.chosen, r.rejected)
+        for r in frame.itertuples(index=False)
+    ]
+    base = build.direction
+    lset = encode_labelled(
+        lm,
+        pairs,
+        settings_of(base),
+        source={"kind": "dataset", "dataset_id": info.id, "name": info.name},
+        progress=progress,
+    )
+    report = learn(
+        lset,
+        contrastive=build.vectors,
+        k=k,
+        seed=seed,
+        progress=progress,
+        default_layer=base.layer,
+    )
+    name = f"{base.contrast_name} + {info.name} labels"
+    return Learned(report, learned_direction(report, lset, base, name=name), [], lset.n)
+
+
+def curve_frame(points: Sequence[lab.CurvePoint]) -> Any:
+    """The learning curve as a table: labels learned from, mean and spread of agreement."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "reviews learned from": p.n_labels,
+                "held-out agreement": p.mean,
+                "sd": p.sd,
+                "repeats": p.repeats,
+                "held-out pairs": p.n_held_out,
+            }
+            for p in points
+        ]
+    )

@@ -7,7 +7,7 @@ This is where the model meets the maths: ``encode`` makes vectors, ``directions`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from legend_core import directions as dirs
 from legend_core.directions import Direction, Method
 from legend_core.encode import EncodeSettings, Progress, encode, encode_pairs
-from legend_core.margins import margins
+from legend_core.labelled import direction_margins, fold_directions, pair_folds
 from legend_core.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
 
@@ -36,6 +36,8 @@ class BuildResult:
         harmful: (n, d) embeddings of every harmful response at the chosen layer.
         harmless_tokens: Response length in tokens of each harmless response.
         harmful_tokens: Response length in tokens of each harmful response.
+        vectors: Layer -> the direction fitted at that layer (on the training split): the
+            priors of a direction then learned from labels (``legend_core.learning``).
     """
 
     direction: Direction
@@ -45,6 +47,7 @@ class BuildResult:
     harmful: np.ndarray
     harmless_tokens: np.ndarray
     harmful_tokens: np.ndarray
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
 
     def held_out_projections(self) -> tuple[np.ndarray, np.ndarray]:
         """Projections of the held-out harmless and harmful responses on the direction."""
@@ -72,7 +75,8 @@ def build_direction(
         items: Contrastive items (instruction, harmful response, harmless response).
         settings: Template, pooling and max_length.
         method: ``mean_diff`` (the paper), ``pca`` or ``logistic``.
-        layer: A hidden-state index, or ``best`` for the best held-out AUROC.
+        layer: A hidden-state index, or ``best``: the best AUROC by cross-validation inside
+            the training split (ties: separation), so the held-out numbers stay honest.
         test_fraction: Share of items held out (split by instruction).
         seed: Seed of the split.
         name: A name for the direction.
@@ -141,6 +145,7 @@ def build_direction(
         harmful=encoded.vectors[chosen][n:],
         harmless_tokens=tokens_harmless,
         harmful_tokens=tokens_harmful,
+        vectors=fitted,
     )
 
 
@@ -226,11 +231,17 @@ def annotate_pairs(
     progress: Progress | None = None,
     **encode_options: Any,
 ) -> np.ndarray:
-    """Margins of preference pairs on a direction, in input order."""
+    """Margins of preference pairs on a direction, in input order.
+
+    Pairs that a direction learned from labels was trained on get cross-fitted margins
+    (each from the fold direction that never saw the pair: ``labelled.direction_margins``),
+    so annotating a direction's own training pairs never reports what it memorised.
+    """
     check_compatible(lm, direction)
     chosen, rejected = pair_embeddings(lm, pairs, direction, progress, **encode_options)
     check_vectors(pairs, chosen, rejected)
-    return margins(chosen, rejected, direction.vector)
+    values, _ = direction_margins(pairs, chosen, rejected, direction.vector, direction.labels)
+    return values
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -324,6 +335,10 @@ def annotate_dataset(
     if not model_dtype:
         raise ValueError("annotate_dataset with an engine needs the engine's model_dtype")
     settings = run_settings(direction, model_dtype)
+    folds_of = crossfit_folds(store, dataset_id, direction)
+    if folds_of:
+        # Part of what the run is: its margins are not the plain projections.
+        settings["crossfit"] = crossfit_settings(direction, len(folds_of))
     space = EmbeddingSpace.from_settings(settings)
     run_id = store.start_run(dataset_id, direction_id, settings)
     missing = store.pairs_missing_margins(run_id)
@@ -367,8 +382,69 @@ def annotate_dataset(
         )
     n = len(missing)
     values = projected.values[:n] - projected.values[n:]
+    if folds_of:
+        values = _crossfit(
+            store, space, direction, missing, chosen_keys, rejected_keys, folds_of, values
+        )
     for lo in range(0, n, MARGIN_CHUNK):
         hi = min(lo + MARGIN_CHUNK, n)
         store.add_margins(run_id, [p.id for p in missing[lo:hi]], values[lo:hi].tolist())
     store.finish_run(run_id)
     return run_id
+
+
+def crossfit_folds(store: Store, dataset_id: int, direction: Direction) -> dict[int, int]:
+    """Pair id -> fold, for the pairs of a stored data set that ``direction`` learned from
+    (empty for a contrastive direction, or a data set it never saw)."""
+    if not direction.labels.get("fold_of"):
+        return {}
+    frame = store.dataset_frame(dataset_id)
+    texts = [
+        _PairTexts(p, c, r) for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])
+    ]
+    folds = pair_folds(direction.labels, texts)
+    return {int(i): f for i, f in zip(frame["id"], folds) if f is not None}
+
+
+def crossfit_settings(direction: Direction, n_pairs: int) -> dict[str, Any]:
+    """What a margin run records when its margins are cross-fitted."""
+    labels = direction.labels
+    return {
+        "k": int(labels.get("k_folds", len(fold_directions(labels)))),
+        "pairs": int(n_pairs),
+        "n_labels": int(labels.get("n_labels", 0)),
+        "source": labels.get("source", {}),
+    }
+
+
+def _crossfit(
+    store: Store,
+    space: Any,
+    direction: Direction,
+    missing: Sequence[PairText],
+    chosen_keys: list[bytes],
+    rejected_keys: list[bytes],
+    folds_of: dict[int, int],
+    values: np.ndarray,
+) -> np.ndarray:
+    """Replace the margins of the direction's own training pairs by their fold directions'."""
+    out = values.copy()
+    vectors = fold_directions(direction.labels)
+    for j in range(len(vectors)):
+        rows = [i for i, p in enumerate(missing) if folds_of.get(p.id) == j]
+        if not rows:
+            continue
+        keys = [chosen_keys[i] for i in rows] + [rejected_keys[i] for i in rows]
+        projected = store.project_embeddings(space, keys, vectors[j])
+        if projected.refused or not projected.found.all():
+            raise RuntimeError("cached vectors changed during this run; run it again")
+        m = len(rows)
+        out[rows] = projected.values[:m] - projected.values[m:]
+    return out
+
+
+@dataclass(frozen=True)
+class _PairTexts:
+    prompt: str
+    chosen: str
+    rejected: str

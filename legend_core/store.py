@@ -1212,11 +1212,14 @@ class Store:
         unreviewed_only: bool,
         annotator: str | None = None,
     ) -> Select[tuple[int]]:
-        """The run's pair ids in review order; each order walks an index, no sort."""
+        """The run's pair ids in review order; ``disagreement`` and ``index`` walk an index,
+        ``least_sure`` sorts (by ``|margin|``, no index can give that order)."""
         run = self._run(s, run_id)
         query = select(Margin.pair_id).where(Margin.run_id == run_id)
         if order == "disagreement":
             query = query.order_by(Margin.value, Margin.pair_id)
+        elif order == "least_sure":
+            query = query.order_by(func.abs(Margin.value), Margin.pair_id)
         elif order == "index":
             query = (
                 query.join(Pair, Pair.id == Margin.pair_id)
@@ -1224,7 +1227,9 @@ class Store:
                 .order_by(Pair.idx)
             )
         else:
-            raise ValueError(f"unknown order {order!r}; use 'disagreement' or 'index'")
+            raise ValueError(
+                f"unknown order {order!r}; use 'disagreement', 'least_sure' or 'index'"
+            )
         if unreviewed_only:
             query = query.where(~self._reviewed(annotator))
         return query
@@ -1232,7 +1237,7 @@ class Store:
     def review_queue(
         self,
         run_id: int,
-        order: Literal["disagreement", "index"] = "disagreement",
+        order: Literal["disagreement", "least_sure", "index"] = "disagreement",
         pair_ids: Sequence[int] | None = None,
         unreviewed_only: bool = False,
         annotator: str | None = None,
@@ -1241,7 +1246,10 @@ class Store:
 
         ``disagreement``: ascending computed margin, which puts negative margins first
         (most negative first) and then the rest by |margin| ascending; ties by pair id.
-        ``index``: input order. ``pair_ids`` restricts the queue to those pairs.
+        ``least_sure``: ascending ``|margin|``, the pairs the direction is least sure of
+        first, whichever side it leans to (a review there teaches a learned direction most:
+        ``labelled.uncertainty``); ties by pair id. ``index``: input order. ``pair_ids``
+        restricts the queue to those pairs.
         ``unreviewed_only`` leaves out pairs someone (``annotator``, if given) holds a
         current verdict on (a flag alone is no verdict).
         """
@@ -1258,13 +1266,25 @@ class Store:
         run_id: int,
         after_pair_id: int | None = None,
         unreviewed_only: bool = True,
-        order: Literal["disagreement", "index"] = "disagreement",
+        order: Literal["disagreement", "least_sure", "index"] = "disagreement",
     ) -> int | None:
         """The pair after ``after_pair_id`` in :meth:`review_queue` order (the first if
-        ``None`` or not in the run); ``None`` at the end. One indexed query."""
+        ``None`` or not in the run); ``None`` at the end. One query."""
         with self._session() as s:
             query = self._queue_query(s, run_id, order, unreviewed_only)
-            if after_pair_id is not None and order == "disagreement":
+            if after_pair_id is not None and order == "least_sure":
+                value = s.scalar(
+                    select(Margin.value).where(
+                        Margin.run_id == run_id, Margin.pair_id == after_pair_id
+                    )
+                )
+                if value is not None:  # (|value|, pair_id) > (after's, after_pair_id)
+                    size = func.abs(Margin.value)
+                    query = query.where(
+                        size >= abs(value),
+                        or_(size > abs(value), Margin.pair_id > after_pair_id),
+                    )
+            elif after_pair_id is not None and order == "disagreement":
                 value = s.scalar(
                     select(Margin.value).where(
                         Margin.run_id == run_id, Margin.pair_id == after_pair_id

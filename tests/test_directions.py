@@ -64,6 +64,35 @@ def test_layer_quality_on_a_separable_and_a_random_layer():
     assert best_layer([good, random]) == 5
 
 
+def test_best_layer_chooses_on_cross_validation_never_on_held_out_numbers():
+    # Layer 2 looks better held out; layer 1 is better by cross-validation inside the
+    # training split. The choice follows the cross-validation (the held-out numbers are
+    # what gets reported for the chosen layer, so they must not choose it).
+    one = LayerQuality(1, 0.9, 0.95, 2.0, 0.9, 0.0, 0.9, cv_auroc=1.0, cv_separation=5.0)
+    two = LayerQuality(2, 1.0, 1.0, 9.0, 0.9, 0.0, 1.0, cv_auroc=0.9994, cv_separation=4.0)
+    assert best_layer([one, two]) == 1  # equal AUROC to 3 decimals: separation decides
+    three = LayerQuality(3, 1.0, 1.0, 9.0, 0.9, 0.0, 1.0, cv_auroc=0.99, cv_separation=50.0)
+    assert best_layer([one, three]) == 1  # a lower AUROC is not made up by separation
+    # Without cross-validated numbers (saved before they existed): the held-out rule.
+    old = [LayerQuality(1, 0.9, 0.95, 2.0, 0.9, 0.0, 0.9), LayerQuality(2, 1, 1, 3.0, 1, 0, 1)]
+    assert best_layer(old) == 2
+
+
+def test_cross_validated_quality_is_measured_inside_the_training_split():
+    harmless, harmful, _ = synthetic(n=60, spread=0.5)
+    train, test = split_indices(60, 0.25, 0)
+    _, q = layer_quality(1, harmless, harmful, train, test, "mean_diff")
+    assert q.cv_auroc > 0.95 and q.cv_separation > 1
+    # Changing the held-out items cannot change what the choice looks at.
+    moved = harmless.copy()
+    moved[test] = harmful[test]
+    _, q2 = layer_quality(1, moved, harmful, train, test, "mean_diff")
+    assert (q2.cv_auroc, q2.cv_separation) == (q.cv_auroc, q.cv_separation)
+    assert q2.auroc < q.auroc
+    _, skipped = layer_quality(1, harmless, harmful, train, test, "mean_diff", cv_folds=0)
+    assert skipped.cv_auroc is None and skipped.cv_separation is None
+
+
 def test_length_check_flags_a_direction_that_measures_length():
     rng = np.random.default_rng(0)
     n, d = 100, 8

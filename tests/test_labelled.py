@@ -104,7 +104,7 @@ def _agree(diffs: np.ndarray, v: np.ndarray) -> float:
 
 
 def test_probe_recovers_the_direction_and_generalises():
-    chosen, rejected, *_ , truth, _ = _synthetic(600, 3)
+    chosen, rejected, *_, truth, _ = _synthetic(600, 3)
     diffs = lab.differences(chosen, rejected)
     fit = lab.fit_probe(diffs[:400], lab.ProbeSettings(c=1.0, debias_length=False))
     assert abs(float(np.linalg.norm(fit.vector)) - 1) < 1e-5
@@ -114,7 +114,7 @@ def test_probe_recovers_the_direction_and_generalises():
 
 
 def test_probe_accepts_flipped_labels():
-    chosen, rejected, *_ , truth, _ = _synthetic(300, 4)
+    chosen, rejected, *_, truth, _ = _synthetic(300, 4)
     signs = np.where(np.arange(300) % 3 == 0, -1.0, 1.0)
     # Swap the flipped pairs' texts so that the label (sign) still names the safer side.
     c = np.where(signs[:, None] > 0, chosen, rejected)
@@ -151,7 +151,7 @@ def test_balance_weights_make_both_groups_weigh_the_same():
 
 
 def test_a_prior_helps_when_labels_are_few():
-    chosen, rejected, *_ , truth, _ = _synthetic(400, 6, noise=2.0)
+    chosen, rejected, *_, truth, _ = _synthetic(400, 6, noise=2.0)
     diffs = lab.differences(chosen, rejected)
     few = diffs[:12]
     prior = truth + np.random.default_rng(7).normal(0, 0.2, D)  # a decent contrastive guess
@@ -217,7 +217,9 @@ def test_cross_fitting_is_honest_on_labels_that_carry_no_signal():
     settings = lab.ProbeSettings(c=10.0, debias_length=False)
     in_sample = lab.fit_probe(diffs, settings)
     assert _agree(diffs, in_sample.vector) > 0.9
-    cf = lab.cross_fit(diffs, lab.kfold_ids(120, 5), lambda rows: lab.fit_probe(diffs[rows], settings))
+    cf = lab.cross_fit(
+        diffs, lab.kfold_ids(120, 5), lambda rows: lab.fit_probe(diffs[rows], settings)
+    )
     assert 0.35 < float((cf.margins > 0).mean()) < 0.65
 
 
@@ -260,8 +262,9 @@ def test_crossfit_margins_use_fold_directions_for_training_pairs_only():
     folds = np.eye(4)[1:3]  # fold 0 -> axis 1, fold 1 -> axis 2
     out = lab.crossfit_margins(chosen, rejected, vector, folds, [0, None, 1, None, 0, 1])
     diff = chosen - rejected
-    np.testing.assert_allclose(out, [diff[0, 1], diff[1, 0], diff[2, 2], diff[3, 0],
-                                     diff[4, 1], diff[5, 2]], rtol=1e-6)
+    np.testing.assert_allclose(
+        out, [diff[0, 1], diff[1, 0], diff[2, 2], diff[3, 0], diff[4, 1], diff[5, 2]], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="fold entries"):
         lab.crossfit_margins(chosen, rejected, vector, folds, [0])
 
@@ -326,3 +329,28 @@ def test_learning_from_the_tiny_models_hidden_states(tiny_lm):
         lab.fold_lookup(meta, keys),
     )
     np.testing.assert_allclose(values, learned.crossfit_margins, rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_layer_stays_unless_another_wins_clearly():
+    n = 400
+    rng = np.random.default_rng(14)
+    base = rng.normal(0.3, 1, n)
+
+    def cand(layer: int, values: np.ndarray) -> lab.Candidate:
+        scores = lab.agreement_scores(values)
+        return lab.Candidate(layer, 0.01, float(scores.mean()), 0.6, float("nan"), values)
+
+    incumbent = cand(5, base)
+    # A layer that agrees on 10 pairs more and 6 fewer: noise, the default layer stays.
+    slightly = base.copy()
+    slightly[np.flatnonzero(base < 0)[:10]] *= -1
+    slightly[np.flatnonzero(base > 0)[:6]] *= -1
+    assert lab.choose_candidate([incumbent, cand(9, slightly)], default_layer=5).layer == 5
+    assert lab.choose_candidate([incumbent, cand(9, slightly)]).layer == 9  # no default
+    # 60 more and 10 fewer: a clear win, it replaces the default.
+    clearly = base.copy()
+    clearly[np.flatnonzero(base < 0)[:60]] *= -1
+    clearly[np.flatnonzero(base > 0)[:10]] *= -1
+    assert lab.choose_candidate([incumbent, cand(9, clearly)], default_layer=5).layer == 9
+    # A default layer that is not among the candidates changes nothing.
+    assert lab.choose_candidate([incumbent, cand(9, slightly)], default_layer=3).layer == 9

@@ -20,7 +20,14 @@ def test_build_direction_measures_every_layer_and_picks_the_best(tiny_lm):
     result = build_direction(tiny_lm, ITEMS, EncodeSettings(pooling="last"), test_fraction=0.25)
     d = result.direction
     assert [q.layer for q in d.quality] == list(range(1, tiny_lm.num_layers + 1))
-    assert d.layer == max(d.quality, key=lambda q: (round(q.auroc, 6), q.separation, q.layer)).layer
+    # Chosen on cross-validation inside the training split, never on the held-out numbers.
+    assert all(q.cv_auroc is not None and q.cv_separation is not None for q in d.quality)
+    assert (
+        d.layer
+        == max(d.quality, key=lambda q: (round(q.cv_auroc, 3), q.cv_separation, q.layer)).layer
+    )
+    assert set(result.vectors) == {q.layer for q in d.quality}
+    np.testing.assert_array_equal(result.vectors[d.layer], d.vector)
     assert d.n_train + d.n_test == len(ITEMS) and d.n_test == 3
     assert d.model == tiny_lm.name and d.model_fingerprint == tiny_lm.fingerprint
     assert d.pooling == "last" and d.template == "alpaca" and d.method == "mean_diff"

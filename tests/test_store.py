@@ -528,6 +528,22 @@ def test_review_queue_order(store: Store) -> None:
         store.review_queue(run_id, order="random")  # type: ignore[arg-type]
 
 
+def test_review_queue_least_sure_first(store: Store) -> None:
+    values = [0.3, -2.0, 1.5, -0.1, 0.0, -2.0, 0.05, 0.1]
+    _, run_id, ids = annotated(store, values)
+    # |margin| ascending whichever the sign (ties by pair id): 0, 0.05, -0.1 = 0.1, 0.3, ...
+    expected = [ids[i] for i in (4, 6, 3, 7, 0, 2, 1, 5)]
+    assert store.review_queue(run_id, order="least_sure") == expected
+    # next_pair steps through the same order, tie included, and skips reviewed pairs.
+    walked, current = [], None
+    while (current := store.next_pair(run_id, current, False, order="least_sure")) is not None:
+        walked.append(current)
+    assert walked == expected
+    store.add_review(ids[6], "ann", "accept", run_id=run_id)
+    assert store.next_pair(run_id, ids[4], order="least_sure") == ids[3]
+    assert store.review_queue(run_id, "least_sure", unreviewed_only=True)[:2] == [ids[4], ids[3]]
+
+
 def test_one_annotators_view_for_blind_review(store: Store) -> None:
     _, run_id, ids = annotated(store, [0.5, -1.0, 2.0])
     store.add_review(ids[0], "ada", "flip", run_id=run_id)
