@@ -131,7 +131,14 @@ def _env(**settings: str) -> dict[str, str]:
 
 def test_make_run_serves_on_loopback_only_without_a_watcher(tmp_path):
     make = subprocess.run(
-        ["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        # Under `make test` (CI) the parent make's variables would make this one print
+        # "Entering/Leaving directory" lines.
+        env={k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")},
     )
     assert make.stdout.strip().splitlines()[-1] == "scripts/serve.sh"
 
