@@ -88,11 +88,20 @@ class Direction:
         """The quality of the layer this direction was taken from, if it was measured."""
         return next((q for q in self.quality if q.layer == self.layer), None)
 
-    def metadata(self) -> dict[str, Any]:
-        """Everything but the vector, as JSON-ready values."""
+    def metadata(self, brief: bool = False) -> dict[str, Any]:
+        """Everything but the vector, as JSON-ready values.
+
+        ``brief`` leaves out what only cross-fitting needs (the fold directions and which
+        training pair was in which fold): a manifest says where a direction came from,
+        it does not carry its training folds.
+        """
         meta = asdict(self)
         del meta["vector"]
         meta["dim"] = int(self.vector.shape[0])
+        if brief and meta.get("labels"):
+            meta["labels"] = {
+                k: v for k, v in meta["labels"].items() if k not in ("fold_of", "fold_vectors")
+            }
         return meta
 
     @classmethod

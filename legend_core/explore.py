@@ -289,7 +289,9 @@ def contrast_items(frame: pd.DataFrame) -> list[ContrastItem]:
 
 
 def layer_frame(direction: Direction) -> pd.DataFrame:
-    """Held-out quality per layer, one row per layer, with ``chosen`` marking the direction's."""
+    """Held-out quality per layer, one row per layer, with ``chosen`` marking the direction's;
+    ``cv_auroc`` and ``cv_separation`` are what the layer was chosen on (cross-validated
+    inside the fitting split, so the held-out columns stay honest)."""
     rows = [vars(q) for q in direction.quality]
     frame = pd.DataFrame(
         rows,
@@ -301,6 +303,8 @@ def layer_frame(direction: Direction) -> pd.DataFrame:
             "stability",
             "length_r2",
             "paired_accuracy",
+            "cv_auroc",
+            "cv_separation",
         ],
     )
     frame["chosen"] = frame["layer"] == direction.layer

@@ -399,7 +399,7 @@ def export_dataset(
             "format": dataset.format,
             "n_pairs": dataset.n_pairs,
         },
-        "direction": {"id": run.direction_id, **direction.metadata()},
+        "direction": {"id": run.direction_id, **direction.metadata(brief=True)},
         "reviews": {"policy": POLICY_TEXT, "admins": sorted(admins)},
     }
     if guarded is not None:

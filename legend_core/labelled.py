@@ -838,6 +838,9 @@ def crossfit_margins(
     if len(folds) != len(chosen):
         raise ValueError(f"{len(folds)} fold entries for {len(chosen)} pairs")
     fv = np.asarray(fold_vectors, dtype=np.float32)
+    bad = {f for f in folds if f is not None and not 0 <= f < len(fv)}
+    if bad:  # a pair of the training labels must never fall back to the final vector
+        raise ValueError(f"folds {sorted(bad)} have no fold direction ({len(fv)} given)")
     out = project(chosen, rejected, vector)
     for j in range(len(fv)):
         rows = np.array([f == j for f in folds], dtype=bool)
@@ -863,6 +866,8 @@ def pair_folds(labels: Mapping[str, Any], texts: Sequence[Any]) -> list[int | No
 def fold_directions(labels: Mapping[str, Any]) -> np.ndarray:
     """(k, d) float32 fold directions of a learned direction (0 rows if it has none)."""
     rows = labels.get("fold_vectors") or []
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
 
 

@@ -4,8 +4,8 @@
 over labelled pairs at every layer, or a margin run's cached vectors for its reviewed
 pairs), runs the learning with the settings EVALUATION.md chose, and packages the result
 as a :class:`~legend_core.directions.Direction` whose metadata says which labels, how many
-and which folds. It also scores pairs with such a direction, cross-fitted where the
-direction was learned from them.
+and which folds (scoring pairs with it, cross-fitted where it learned from them, is
+``labelled.direction_margins``, used by ``pipeline``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 #: The method name of a direction learned from labels.
 LEARNED_METHOD = "probe"
+
+#: Most bytes the embeddings of labelled pairs may take while learning (both responses
+#: while encoding, then one difference per pair, float32, every layer asked for). Beyond
+#: it, ``encode_labelled`` refuses before any forward pass: fewer pairs, or one layer.
+MAX_LABELLED_BYTES = 6 * 2**30
 
 #: The estimator EVALUATION.md chose (issue 13): a logistic probe on pair differences, the
 #: response lengths projected out of them, pulled toward the contrastive direction; C by
@@ -83,7 +88,10 @@ def labelled_set(
     """A :class:`LabelledSet` from pairs and their embeddings (layer -> (n, d) arrays)."""
     n = len(texts)
     s = np.ones(n) if signs is None else np.asarray(signs, dtype=np.float64)
-    diffs = {k: lab.differences(chosen[k], rejected[k], s) for k in sorted(chosen)}
+    # float32 halves the memory of every layer; each fit converts its own layer.
+    diffs = {
+        k: lab.differences(chosen[k], rejected[k], s).astype(np.float32) for k in sorted(chosen)
+    }
     return LabelledSet(
         diffs=diffs,
         signs=s,
@@ -104,7 +112,13 @@ def encode_labelled(
     progress: Progress | None = None,
     **encode_options: Any,
 ) -> LabelledSet:
-    """Encode labelled pairs at every layer (1..N, one forward pass per pair)."""
+    """Encode labelled pairs at every layer (1..N, one forward pass per pair), or at
+    ``layers``.
+
+    Raises:
+        ValueError: Too few pairs to cross-validate, or too many to hold every layer of
+            (``MAX_LABELLED_BYTES``): the message says how many would fit.
+    """
     from legend_core.encode import encode_pairs
 
     if len(pairs) < 2 * lab.DEFAULT_FOLDS:
@@ -113,6 +127,13 @@ def encode_labelled(
             f"got {len(pairs)}"
         )
     wanted = list(layers) if layers is not None else list(range(1, lm.num_layers + 1))
+    per_pair = 3 * 4 * lm.hidden_size * len(wanted)  # two responses, then a difference
+    if len(pairs) * per_pair > MAX_LABELLED_BYTES:
+        raise ValueError(
+            f"{len(pairs):,} labelled pairs at {len(wanted)} layers would take "
+            f"{len(pairs) * per_pair / 2**30:.1f} GiB; at most {MAX_LABELLED_BYTES // per_pair:,} "
+            "pairs fit: learn from a sample, or at one layer (--layer N)"
+        )
     c, r = encode_pairs(
         lm,
         [p.prompt for p in pairs],

@@ -403,6 +403,10 @@ def crossfit_folds(store: Store, dataset_id: int, direction: Direction) -> dict[
         _PairTexts(p, c, r) for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])
     ]
     folds = pair_folds(direction.labels, texts)
+    k = len(fold_directions(direction.labels))
+    bad = {f for f in folds if f is not None and not 0 <= f < k}
+    if bad:  # a training pair must never get the final vector's (memorised) margin
+        raise ValueError(f"direction's folds {sorted(bad)} have no fold direction ({k} given)")
     return {int(i): f for i, f in zip(frame["id"], folds) if f is not None}
 
 

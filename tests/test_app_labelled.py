@@ -88,3 +88,27 @@ def test_evaluate_page_says_when_margins_are_cross_fitted(monkeypatch, tmp_path)
     goto(plain, "evaluate")
     assert not [i for i in plain.info if "Cross-fitted" in i.value]
     assert np.isfinite(learned.report.length_baseline.estimate)
+
+
+def test_lab_learns_from_a_labelled_data_set_after_a_build(monkeypatch, tmp_path, tiny_model_dir):
+    from legend_core import demo
+
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    ids = demo.load_demo(Store(url))
+    at = app(monkeypatch, url, tiny_model_dir)
+    at.run()
+    goto(at, "directions")
+    button(at, "Build on 80 items").click().run()
+    wait_until(at, lambda: "AUROC" in metrics(at))
+    at.radio(key="learn_mode").set_value("dataset").run()
+    at.selectbox(key="learn_dataset").set_value(ids.dataset_id).run()
+    button(at, "Learn from its labels").click().run()
+    wait_until(at, lambda: any(b.label == "Save learned direction" for b in at.button))
+    shown = metrics(at)
+    assert shown["Labels"] == "52" and "Agreement" in shown and "Shorter is safer" in shown
+    button(at, "Save learned direction").click().run()
+    (learned,) = [d for d in Store(url).list_directions() if d.method == "probe"]
+    saved = Store(url).get_direction(learned.id)
+    assert saved.labels["source"]["kind"] == "dataset"
+    assert saved.labels["source"]["dataset_id"] == ids.dataset_id
+    assert len(saved.labels["fold_of"]) == 52

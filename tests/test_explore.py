@@ -136,6 +136,10 @@ def test_direction_lab_tables(built):
     assert layers["layer"].tolist() == [1, 2, 3]
     assert layers["chosen"].sum() == 1
     assert layers.loc[layers["chosen"], "layer"].item() == result.direction.layer
+    # The layer is chosen on the cross-validated columns (12 fitting items: 5 folds).
+    assert layers["cv_auroc"].notna().all()
+    ranked = layers.assign(auc=layers["cv_auroc"].round(3))
+    assert ranked.sort_values(["auc", "cv_separation", "layer"]).iloc[-1]["chosen"]
     proj = explore.projection_frame(result)
     assert sorted(proj["class"].unique()) == ["harmful", "harmless"]
     assert len(proj) == 2 * len(result.test)

@@ -354,3 +354,32 @@ def test_the_default_layer_stays_unless_another_wins_clearly():
     assert lab.choose_candidate([incumbent, cand(9, clearly)], default_layer=5).layer == 9
     # A default layer that is not among the candidates changes nothing.
     assert lab.choose_candidate([incumbent, cand(9, slightly)], default_layer=3).layer == 9
+
+
+def test_a_fold_without_its_direction_is_refused():
+    rng = np.random.default_rng(15)
+    chosen, rejected = rng.normal(0, 1, (3, 4)), rng.normal(0, 1, (3, 4))
+    with pytest.raises(ValueError, match=r"folds \[7\] have no fold direction"):
+        lab.crossfit_margins(chosen, rejected, np.ones(4), np.eye(4)[:2], [0, 7, None])
+
+
+def test_direction_margins_cross_fit_only_known_pairs():
+    from legend_core.types import PreferencePair
+
+    pairs = [PreferencePair(f"p{i}", "c", "r") for i in range(3)]
+    rng = np.random.default_rng(16)
+    chosen, rejected = rng.normal(0, 1, (3, 4)), rng.normal(0, 1, (3, 4))
+    vector = np.array([1.0, 0, 0, 0])
+    plain, n = lab.direction_margins(pairs, chosen, rejected, vector, {})
+    assert n == 0
+    np.testing.assert_allclose(plain, (chosen - rejected)[:, 0])
+    labels = {
+        "fold_of": {lab.pair_key("p1", "c", "r")[: lab.KEY_CHARS]: 1},
+        "fold_vectors": np.eye(4)[:2].tolist(),
+    }
+    crossed, n = lab.direction_margins(pairs, chosen, rejected, vector, labels)
+    assert n == 1
+    np.testing.assert_allclose(crossed, [plain[0], (chosen - rejected)[1, 1], plain[2]])
+    with pytest.raises(ValueError, match="fold directions"):
+        lab.direction_margins(pairs, chosen, rejected, vector, {"fold_of": labels["fold_of"]})
+    assert "cross-fitted (5 folds" in lab.crossfit_note(3, 5)

@@ -104,7 +104,7 @@ def test_reviewed_labels_follow_the_verdicts(world):
     assert lset.source == {"kind": "reviews", "run_id": run_id, "dataset_id": world[1]}
 
 
-def test_learning_from_reviews_improves_on_the_run_and_cross_fits_them(world):
+def test_learning_from_reviews_improves_on_the_run_and_cross_fits_them(world, tmp_path):
     store, dataset_id, run_id, ids, safer, truth, pairs = world
     reviewed = range(120)
     _review(store, run_id, ids, safer, reviewed)
@@ -127,6 +127,13 @@ def test_learning_from_reviews_improves_on_the_run_and_cross_fits_them(world):
     )
     crossfit = store.get_run(new_run).settings["crossfit"]
     assert crossfit["pairs"] == 120 and crossfit["k"] == 5 and crossfit["n_labels"] == 120
+    # An export's manifest says where the direction came from, without its training folds.
+    from legend_core.exports import export_dataset
+
+    manifest = export_dataset(store, new_run, tmp_path / "train.jsonl")
+    labels = manifest["direction"]["labels"]
+    assert labels["n_labels"] == 120 and labels["source"]["kind"] == "reviews"
+    assert "fold_of" not in labels and "fold_vectors" not in labels
     frame = store.run_frame(new_run).set_index("pair_id")
     fold_of = d.labels["fold_of"]
     vectors = np.asarray(d.labels["fold_vectors"], dtype=np.float32)
@@ -160,3 +167,15 @@ def test_curve_sizes_double_up_to_the_pool():
     assert learning.curve_sizes(84) == [0, 10, 20, 40, 80, 84]
     assert learning.curve_sizes(80) == [0, 10, 20, 40, 80]
     assert learning.curve_sizes(7) == [0]
+
+
+def test_too_many_labelled_pairs_for_memory_is_refused_before_encoding(tiny_lm, monkeypatch):
+    from legend_core.encode import EncodeSettings
+
+    pairs = [PreferencePair(f"q{i}", "No.", "Sure.") for i in range(20)]
+    per_pair = 3 * 4 * tiny_lm.hidden_size * tiny_lm.num_layers
+    monkeypatch.setattr(learning, "MAX_LABELLED_BYTES", 12 * per_pair)
+    with pytest.raises(ValueError, match="at most 12 pairs fit"):
+        learning.encode_labelled(tiny_lm, pairs, EncodeSettings("plain"))
+    one_layer = learning.encode_labelled(tiny_lm, pairs, EncodeSettings("plain"), layers=[1])
+    assert list(one_layer.diffs) == [1] and one_layer.diffs[1].dtype == np.float32
