@@ -320,6 +320,23 @@ def plain(text: str, height: int | None = None) -> None:
     st.code(text if text else " ", language=None, wrap_lines=True, height=height or "content")
 
 
+def scale_choice(where: Any, key: str, default_note: str, why: str, after: str = "") -> str:
+    """The margin-scale picker of the Export and Evaluate pages (one list, one default)."""
+    from legend_core.margins import SCALE_DEFINITIONS, SCALES
+
+    default = config.DEFAULT_MARGIN_SCALE
+    return where.selectbox(
+        "Margin scale",
+        SCALES,
+        index=SCALES.index(default),
+        format_func=lambda name: name + (f" ({default_note})" if name == default else ""),
+        key=key,
+        help=why
+        + " · ".join(f"{name}: {text}" for name, text in SCALE_DEFINITIONS.items())
+        + after,
+    )
+
+
 def plain_error(title: str, message: str) -> None:
     """An error: a fixed title (ours), then the message as plain text (it may quote data)."""
     st.error(title, icon=":material/error:")

@@ -12,7 +12,7 @@ from app_pages import _common as ui
 from legend_core import config
 from legend_core import evaluate as ev
 from legend_core.labelled import crossfit_note
-from legend_core.margins import SCALE_DEFINITIONS, SCALES
+from legend_core.margins import SCALE_DEFINITIONS
 
 st.title("Evaluate")
 st.caption(
@@ -184,18 +184,13 @@ if data.chosen is None:
 
 with st.form("reward_check"):
     f0, f1, f2, f3, f4 = st.columns(5)
-    scale = f0.selectbox(
-        "Margin scale",
-        SCALES,
-        index=SCALES.index(config.DEFAULT_MARGIN_SCALE),
-        format_func=lambda name: (
-            name + (" (export default)" if name == config.DEFAULT_MARGIN_SCALE else "")
-        ),
-        key="eval_scale",
-        help="The margins are put on this scale over the training pairs, as an export of "
+    scale = ui.scale_choice(
+        f0,
+        "eval_scale",
+        "export default",
+        "The margins are put on this scale over the training pairs, as an export of "
         "them would be; with λ = 1 the loss is what TRL's RewardTrainer does with the "
-        "exported file. "
-        + " · ".join(f"{name}: {text}" for name, text in SCALE_DEFINITIONS.items()),
+        "exported file. ",
     )
     lam = f1.number_input("λ (margin weight)", 0.0, 100.0, 1.0, 0.25, key="eval_lam")
     seeds = f2.slider("Seeds", 5, 20, 5, key="eval_seeds")

@@ -6,7 +6,6 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config, explore, exports
-from legend_core.margins import SCALE_DEFINITIONS, SCALES
 
 st.title("Export")
 st.caption(
@@ -63,19 +62,14 @@ with left:
 with right:
     st.subheader("File")
     fmt = st.selectbox("Format", exports.EXPORT_FORMATS, format_func=str.upper, key="export_format")
-    scale = st.selectbox(
-        "Margin scale",
-        SCALES,
-        index=SCALES.index(config.DEFAULT_MARGIN_SCALE),
-        format_func=lambda name: (
-            name + (" (default)" if name == config.DEFAULT_MARGIN_SCALE else "")
-        ),
-        key="export_scale",
-        help="TRL subtracts the margin inside its loss, −log σ(r_c − r_r − margin), so its "
+    scale = ui.scale_choice(
+        st,
+        "export_scale",
+        "default",
+        "TRL subtracts the margin inside its loss, −log σ(r_c − r_r − margin), so its "
         "size matters; the scale is computed over the rows exported and written in the "
-        "manifest. "
-        + " · ".join(f"{name}: {text}" for name, text in SCALE_DEFINITIONS.items())
-        + ". The default was chosen by the reward-model check in EVALUATION.md.",
+        "manifest. ",
+        ". The default was chosen by the reward-model check in EVALUATION.md.",
     )
     bins = config.DEFAULT_MARGIN_BINS
     if scale == "bins":
