@@ -9,9 +9,10 @@ from typing import Any
 
 import streamlit as st
 
-from legend_core import auth, config, serve
-from legend_core.jobs import Job, JobRegistry
-from legend_core.store import DatasetInfo, DirectionInfo, RunInfo, Store
+from legend_core import config
+from legend_core.app import auth, serve
+from legend_core.app.jobs import Job, JobRegistry
+from legend_core.data.store import DatasetInfo, DirectionInfo, RunInfo, Store
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -43,7 +44,7 @@ def _loaded() -> dict[tuple[str, str, str, bool], str]:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _model(name: str, device: str, dtype: str, trust_remote_code: bool) -> Any:
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     lm = load_model(name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     _loaded()[(name, device, dtype, trust_remote_code)] = lm.label
@@ -72,7 +73,7 @@ def model_choice() -> tuple[str, str, str, bool]:
 def model(name: str | None = None) -> Any:
     """The loaded model (the sidebar's, or ``name`` with the sidebar's device and dtype);
     None after showing why it could not be loaded."""
-    from legend_core.models import ModelLoadError
+    from legend_core.method.models import ModelLoadError
 
     chosen, device, dtype, trust = model_choice()
     try:
@@ -322,7 +323,7 @@ def plain(text: str, height: int | None = None) -> None:
 
 def scale_choice(where: Any, key: str, default_note: str, why: str, after: str = "") -> str:
     """The margin-scale picker of the Export and Evaluate pages (one list, one default)."""
-    from legend_core.margins import SCALE_DEFINITIONS, SCALES
+    from legend_core.method.margins import SCALE_DEFINITIONS, SCALES
 
     default = config.DEFAULT_MARGIN_SCALE
     return where.selectbox(

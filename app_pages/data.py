@@ -6,8 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import config, formats
-from legend_core.uploads import save_upload
+from legend_core import config
+from legend_core.data import formats
+from legend_core.data.uploads import save_upload
 
 # .gz/.bz2/.xz are accepted alone (file pickers mishandle ".jsonl.gz"); the reader then
 # checks the name before the compression suffix.

@@ -7,9 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import charts, config, explore, learning, pipeline
-from legend_core.directions import METHODS
-from legend_core.encode import POOLINGS, TEMPLATES, EncodeSettings
+from legend_core import config
+from legend_core.app import charts, explore
+from legend_core.method import pipeline
+from legend_core.method.directions import METHODS
+from legend_core.method.encode import POOLINGS, TEMPLATES, EncodeSettings
+from legend_core.workflows import learning
 
 st.title("Direction lab")
 st.caption(

@@ -1,6 +1,6 @@
 """Evaluate: does the margin agree with people, and does it help a reward model?
 
-Everything computed here comes from ``legend_core.evaluate``; this page only picks a margin
+Everything computed here comes from ``legend_core.evaluation.evaluate``; this page only picks a margin
 run, sets the options and shows the tables. No data text is shown (only numbers).
 """
 
@@ -10,9 +10,9 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core import evaluate as ev
-from legend_core.labelled import crossfit_note
-from legend_core.margins import SCALE_DEFINITIONS
+from legend_core.evaluation import evaluate as ev
+from legend_core.method.labelled import crossfit_note
+from legend_core.method.margins import SCALE_DEFINITIONS
 
 st.title("Evaluate")
 st.caption(

@@ -4,7 +4,9 @@ pairs for review (lasso or box on the charts, or filters)."""
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import charts, config, explore, maps, pipeline
+from legend_core import config
+from legend_core.app import charts, explore, maps
+from legend_core.method import pipeline
 
 st.title("Annotate and explore")
 st.caption(

@@ -5,7 +5,9 @@ import json
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import config, explore, exports
+from legend_core import config
+from legend_core.app import explore
+from legend_core.data import exports
 
 st.title("Export")
 st.caption(

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import demo
+from legend_core.workflows import demo
 
 st.title("Legend Studio")
 st.markdown(

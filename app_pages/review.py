@@ -1,12 +1,13 @@
 """Review: the pairs the direction disagrees with first; verdicts (accept, flip, override,
-withdraw), flags and notes, resolved by the policy of ``legend_core.review_policy``."""
+withdraw), flags and notes, resolved by the policy of ``legend_core.review.policy``."""
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import _common as ui
-from legend_core import config, explore
-from legend_core.review_policy import POLICY_POINTS, AnnotatorState
+from legend_core import config
+from legend_core.app import explore
+from legend_core.review.policy import POLICY_POINTS, AnnotatorState
 
 st.title("Review")
 others = (
@@ -22,7 +23,7 @@ st.caption(
     "F flip · O override · W withdraw · G flag · N next · P previous · U next unreviewed."
 )
 with st.expander("How verdicts add up"):
-    # Our own text (legend_core.review_policy), not data: markdown is safe here.
+    # Our own text (legend_core.review.policy), not data: markdown is safe here.
     st.markdown("\n".join(f"- {point}" for point in POLICY_POINTS))
 s = ui.store()
 url = config.database_url()
@@ -321,7 +322,7 @@ def review_pane() -> None:
 review_pane()
 
 with st.expander("Agreement between annotators"):
-    from legend_core.agreement import agreement_frame, pairwise_agreement
+    from legend_core.review.annotators import agreement_frame, pairwise_agreement
 
     if ui.seen_by() is not None:
         st.caption("Blind review is on: agreement is for admins.")

@@ -4,7 +4,7 @@
 Both start from a database holding the first ``N_PAIRS`` HH-RLHF dev pairs and the demo
 direction (built once, default model), and both include loading the model. The command
 line runs ``legend annotate --dataset ID --direction-id ID``; the app runs through
-``python -m legend_core.serve`` (the launcher of ``scripts/serve.sh``), driven by Debian's
+``python -m legend_core.app.serve`` (the launcher of ``scripts/serve.sh``), driven by Debian's
 Chromium: open Annotate and explore, press "Compute margins", wait until every margin is
 stored. The two runs alternate, each on its own fresh copy of the database.
 
@@ -33,10 +33,10 @@ CHROMIUM = os.environ.get("LEGEND_CHROMIUM", "/usr/bin/chromium")
 def _prepare(folder: Path, n: int) -> tuple[Path, int, int]:
     """A database with ``n`` pairs and the demo direction; returns (file, data set, direction)."""
     from legend_core import config
-    from legend_core.formats import read_contrast_set
-    from legend_core.models import load_model
-    from legend_core.pipeline import build_direction
-    from legend_core.store import Store
+    from legend_core.data.formats import read_contrast_set
+    from legend_core.data.store import Store
+    from legend_core.method.models import load_model
+    from legend_core.method.pipeline import build_direction
 
     db = folder / "template.db"
     with Store(f"sqlite:///{db}") as store:
@@ -49,7 +49,7 @@ def _prepare(folder: Path, n: int) -> tuple[Path, int, int]:
 
 
 def _margins(db: Path) -> int:
-    from legend_core.store import Store
+    from legend_core.data.store import Store
 
     with Store(f"sqlite:///{db}") as store:
         return store.counts()["margins"]
@@ -89,7 +89,7 @@ def _app(db: Path, n: int) -> float:
     env |= {"LEGEND_DB": f"sqlite:///{db}", "LEGEND_PORT": str(port), "HF_HUB_OFFLINE": "1"}
     env["STREAMLIT_SERVER_HEADLESS"] = "true"
     server = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "legend_core.serve"],
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "legend_core.app.serve"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

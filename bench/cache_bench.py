@@ -58,7 +58,7 @@ FINGERPRINT, LAYER = "bench:0", 15
 
 
 def space() -> Any:
-    from legend_core.store import EmbeddingSpace
+    from legend_core.data.store import EmbeddingSpace
 
     return EmbeddingSpace("bench-model", FINGERPRINT, "alpaca", "mean", LAYER, 512, "float32")
 
@@ -103,8 +103,8 @@ def row_cache_pass(url: str, keys: list[bytes], direction: np.ndarray) -> dict[b
     ``iter_embeddings`` and the loop of ``annotate_dataset``), on the old table."""
     import sqlalchemy as sa
 
-    from legend_core.margins import projections
-    from legend_core.store import make_engine
+    from legend_core.data.store import make_engine
+    from legend_core.method.margins import projections
 
     meta = sa.MetaData()
     table = sa.Table(
@@ -149,7 +149,7 @@ def build(
     directory: Path, n_pairs: int, with_pairs: bool, progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """A block store (``blocks.db``) and a row cache (``rows.db``) of the same vectors."""
-    from legend_core.store import Store, text_key
+    from legend_core.data.store import Store, text_key
     from legend_core.types import PreferencePair
 
     start = time.perf_counter()
@@ -199,7 +199,7 @@ def child(mode: str, directory: str, n_pairs: int) -> None:
     direction = direction_vector()
     before = current_rss_mib()
     if mode == "blocks":
-        from legend_core.store import Store
+        from legend_core.data.store import Store
 
         with Store(f"sqlite:///{folder / 'blocks.db'}") as store:
             result, wall, cpu = timed(lambda: store.project_embeddings(space(), keys, direction))
@@ -253,8 +253,8 @@ def big_run(n_pairs: int, repeats: int) -> dict[str, Any]:
 
 def annotate_steps(store: Any, dataset_id: int, direction_id: int) -> dict[str, float]:
     """The steps of ``annotate_dataset`` for a cached data set, each timed once."""
-    from legend_core.pipeline import run_settings
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.method.pipeline import run_settings
 
     direction = store.get_direction(direction_id)
     settings = run_settings(direction, "float32")
@@ -289,8 +289,8 @@ def migration_run(directory: Path, n_pairs: int) -> dict[str, Any]:
     import sqlalchemy as sa
     from alembic import command
 
-    from legend_core.migrations import alembic_config
-    from legend_core.store import make_engine
+    from legend_core.data.migrations import alembic_config
+    from legend_core.data.store import make_engine
 
     url = f"sqlite:///{directory / 'migrate.db'}"
     engine = make_engine(url)
@@ -328,9 +328,9 @@ def migration_run(directory: Path, n_pairs: int) -> dict[str, Any]:
 def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from legend_core.directions import Direction
-    from legend_core.pipeline import annotate_dataset
-    from legend_core.store import Store, text_key
+    from legend_core.data.store import Store, text_key
+    from legend_core.method.directions import Direction
+    from legend_core.method.pipeline import annotate_dataset
 
     with tempfile.TemporaryDirectory(prefix="legend-cache-bench-") as tmp:
         folder = Path(tmp)

@@ -167,7 +167,7 @@ def interleave(
 @lru_cache(maxsize=1)
 def hh_pairs(n: int = 256) -> list[Any]:
     """The first ``n`` pairs of the HH-RLHF harmless dev file, split by ``formats``."""
-    from legend_core.formats import read_pairs
+    from legend_core.data.formats import read_pairs
 
     if not HH_DEV.is_file():
         raise SystemExit(f"benchmark data missing: {HH_DEV}")
@@ -177,7 +177,7 @@ def hh_pairs(n: int = 256) -> list[Any]:
 @lru_cache(maxsize=4)
 def model(dtype: str = "auto") -> Any:
     """The default model, loaded once per process and dtype."""
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     return load_model("default", device="cpu", dtype=dtype)
 

@@ -54,10 +54,10 @@ REFERENCE_CHUNKS = 4
 def contrast_directions(lm: Any, settings: Any) -> tuple[int, dict[int, np.ndarray]]:
     """The app's ``best`` layer on the demo contrastive set and unit directions at that layer
     and at the final layer (mean difference on the training split, as ``build_direction``)."""
-    from legend_core import directions as dirs
     from legend_core.config import DEMO_CONTRAST
-    from legend_core.encode import encode
-    from legend_core.formats import read_contrast_set
+    from legend_core.data.formats import read_contrast_set
+    from legend_core.method import directions as dirs
+    from legend_core.method.encode import encode
 
     items = read_contrast_set(DEMO_CONTRAST)
     n = len(items)
@@ -88,7 +88,7 @@ def agreement(
     directions: dict[int, np.ndarray],
 ) -> dict[str, Any]:
     """Per layer: cosine of each vector to the baseline's, and same-sign share of margins."""
-    from legend_core.margins import margins
+    from legend_core.method.margins import margins
 
     out: dict[str, Any] = {}
     for layer, v in directions.items():
@@ -124,7 +124,7 @@ def _speed(texts: int, tokens: int, wall: float, cpu: float) -> dict[str, float]
 
 def run(quick: bool = False) -> dict[str, Any]:
     from bench.reference import ReferenceEncoder, reference_folder
-    from legend_core.encode import EncodeSettings, encode, encode_pairs, tokenize
+    from legend_core.method.encode import EncodeSettings, encode, encode_pairs, tokenize
 
     print("== encoder: ours against the paper's reference method ==")
     info = print_machine()

@@ -35,7 +35,7 @@ def block_linear_shapes(lm: Any) -> list[tuple[int, int]]:
     """(in_features, out_features) of every linear layer in one decoder block."""
     import torch
 
-    from legend_core.encode import decoder_blocks
+    from legend_core.method.encode import decoder_blocks
 
     block = decoder_blocks(lm.model)[0]
     return [
@@ -45,7 +45,7 @@ def block_linear_shapes(lm: Any) -> list[tuple[int, int]]:
 
 def count_flops(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_widths: list[tuple[int, int]]):
     """Executed, as-computed and text-equivalent FLOPs of ``encode_pairs`` on these pairs."""
-    from legend_core.encode import _common_prefix
+    from legend_core.method.encode import _common_prefix
 
     cfg = lm.model.config
     layers = lm.num_layers
@@ -85,7 +85,7 @@ def count_flops(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_widths: list[
 
 def packed_batches(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_tokens: int, max_batch: int):
     """(rows, width) of each batch ``encode_pairs`` runs, by its own batching rule."""
-    from legend_core.encode import _common_prefix, length_batches
+    from legend_core.method.encode import _common_prefix, length_batches
 
     packed = []
     for c, r in zip(tok_c, tok_r):
@@ -118,7 +118,12 @@ def matmul_runner(shapes: list[tuple[int, int]], dtype: Any, rows: int, repeats:
 def run(quick: bool = False) -> dict[str, Any]:
     import inspect
 
-    from legend_core.encode import EncodeSettings, default_batch_tokens, encode_pairs, tokenize
+    from legend_core.method.encode import (
+        EncodeSettings,
+        default_batch_tokens,
+        encode_pairs,
+        tokenize,
+    )
 
     print("== flops: the encoder against the machine's matrix-multiply rate ==")
     info = print_machine()

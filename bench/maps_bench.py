@@ -1,4 +1,4 @@
-"""Benchmark 5: 2-D maps (``legend_core.maps``) of 10,000 and 50,000 embeddings.
+"""Benchmark 5: 2-D maps (``legend_core.app.maps``) of 10,000 and 50,000 embeddings.
 
 Synthetic embeddings (576 dimensions, 20 Gaussian clusters of different sizes and
 spreads, deterministic) stand in for a data set's response vectors. Each measurement runs
@@ -76,7 +76,7 @@ LAYOUTS = OUT / "maps_layouts"
 
 
 def worker(kind: str, n: int, seed: int = 0) -> dict[str, Any]:
-    from legend_core import maps
+    from legend_core.app import maps
 
     x = synthetic_embeddings(n)
     out: dict[str, Any] = {"kind": kind, "points": n}
@@ -108,7 +108,7 @@ def worker(kind: str, n: int, seed: int = 0) -> dict[str, Any]:
 
 def variant_worker(kind: str, x: np.ndarray, seed: int) -> dict[str, Any]:
     """One UMAP variant in this fresh process: warm-up, then timed; the layout is saved."""
-    from legend_core import maps
+    from legend_core.app import maps
 
     out: dict[str, Any] = {"kind": kind, "points": len(x), "seed": seed}
     start = time.perf_counter()
@@ -230,7 +230,7 @@ def run_variants(n: int = VARIANT_POINTS) -> list[dict[str, Any]]:
 
 
 def run(quick: bool = False, variants: bool = True) -> dict[str, Any]:
-    from legend_core.maps import DEFAULT_MAX_POINTS
+    from legend_core.app.maps import DEFAULT_MAX_POINTS
 
     print("== maps: UMAP of 10,000 and 50,000 embeddings, and the fallback ==")
     info = print_machine()

@@ -3,7 +3,7 @@
 No forward pass: the embeddings are already cached (a new direction on the same model,
 layer, pooling and template reuses them). Two measurements:
 
-- **in memory**: ``legend_core.margins.margins`` on (100,000 x 576) float32 arrays, as the
+- **in memory**: ``legend_core.method.margins.margins`` on (100,000 x 576) float32 arrays, as the
   cache hands them out; baseline in the same run: the paper's loop, one pair at a time,
   ``(pred1 - pred2).dot(SV) / norm(SV)`` (their ``annotation.py``).
 - **from the database**: ``pipeline.annotate_dataset`` for a new direction on a stored data
@@ -49,9 +49,9 @@ def cached_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def from_database(n: int) -> dict[str, Any]:
     """Build a store with ``n`` pairs and their cached embeddings; time a new direction's run."""
-    from legend_core.directions import Direction
-    from legend_core.pipeline import annotate_dataset
-    from legend_core.store import EmbeddingSpace, Store, text_key
+    from legend_core.data.store import EmbeddingSpace, Store, text_key
+    from legend_core.method.directions import Direction
+    from legend_core.method.pipeline import annotate_dataset
     from legend_core.types import PreferencePair
 
     fingerprint, layer = "bench:0", 15
@@ -94,7 +94,7 @@ def run(quick: bool = False, db_pairs: int | None = None) -> dict[str, Any]:
     print("== margins: 100,000 cached pairs, a new direction, no forward pass ==")
     info = print_machine()
     n = 5_000 if quick else N_PAIRS
-    from legend_core.margins import margins
+    from legend_core.method.margins import margins
 
     chosen, rejected = cached_vectors(n)
     direction = np.random.default_rng(7).standard_normal(DIM).astype(np.float32)

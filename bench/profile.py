@@ -35,7 +35,7 @@ PARTS = {
 
 def breakdown(lm: Any, run: Any) -> dict[str, float]:
     """CPU seconds of this thread per part of the model during ``run()``."""
-    from legend_core.encode import decoder_blocks
+    from legend_core.method.encode import decoder_blocks
 
     totals: collections.Counter[str] = collections.Counter()
     stack: list[float] = []
@@ -98,7 +98,7 @@ def call_tree(run: Any) -> str:
 def run(quick: bool = False) -> dict[str, Any]:
     import torch
 
-    from legend_core.encode import EncodeSettings, encode_pairs
+    from legend_core.method.encode import EncodeSettings, encode_pairs
 
     print("== profile: the encoder's forward pass ==")
     threads = torch.get_num_threads()

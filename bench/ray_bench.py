@@ -27,8 +27,8 @@ LAYER = 15
 
 def annotate(store_path: Path, pairs: list[Any], direction: Any, engine: Any = None) -> Any:
     """Margins of ``pairs`` in a fresh store: (margins in input order, wall s, CPU s)."""
-    from legend_core.pipeline import annotate_dataset
-    from legend_core.store import Store
+    from legend_core.data.store import Store
+    from legend_core.method.pipeline import annotate_dataset
 
     store = Store(f"sqlite:///{store_path}")
     dataset_id = store.add_dataset("bench", pairs)
@@ -53,8 +53,8 @@ def annotate(store_path: Path, pairs: list[Any], direction: Any, engine: Any = N
 def run(quick: bool = False) -> dict[str, Any]:
     import ray
 
-    from legend_core.directions import Direction
-    from legend_core.distributed import ray_engine
+    from legend_core.method.directions import Direction
+    from legend_core.method.distributed import ray_engine
 
     print("== Ray engine against one process (same machine, same pairs) ==")
     info = print_machine()

@@ -7,9 +7,9 @@ are computed for every text, and the vector is ``hidden_states[-1][0, -1]`` (or 
 over tokens). That is what :class:`ReferenceEncoder` does.
 
 One deliberate difference, so that vectors can be compared number by number: it takes the
-token ids from :func:`legend_core.encode.tokenize` (prompt and response tokenized apart,
+token ids from :func:`legend_core.method.encode.tokenize` (prompt and response tokenized apart,
 the same truncation) instead of tokenizing the joined string, and it pools the way
-:class:`legend_core.encode.EncodeSettings` says (response mean by default, ``last`` is
+:class:`legend_core.method.encode.EncodeSettings` says (response mean by default, ``last`` is
 the paper's), reading the pooled states out of its all-layers output.
 
 Run alone: ``python -m bench.reference`` embeds 8 texts and prints their agreement with
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from legend_core.encode import EncodeSettings, Tokenized, tokenize
+from legend_core.method.encode import EncodeSettings, Tokenized, tokenize
 
 
 class ReferenceEncoder:
@@ -72,7 +72,7 @@ class ReferenceEncoder:
 
 def reference_folder() -> str:
     """The default model's dequantized weights (the folder our encoder loads)."""
-    from legend_core.models import dequantized_default
+    from legend_core.method.models import dequantized_default
 
     folder, _ = dequantized_default()
     return str(folder)
@@ -80,7 +80,7 @@ def reference_folder() -> str:
 
 def main() -> None:
     from bench.common import hh_pairs, model, print_machine
-    from legend_core.encode import encode
+    from legend_core.method.encode import encode
 
     print_machine()
     pairs = hh_pairs()[:4]

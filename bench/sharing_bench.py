@@ -1,7 +1,7 @@
 """Benchmark: what one loaded model shared by several jobs costs (the model lock).
 
 Every forward pass holds its model's lock and hangs its hooks on the model for that pass
-only (:mod:`legend_core.model_lock`). On HH-RLHF dev pairs with the default model:
+only (:mod:`legend_core.method.model_lock`). On HH-RLHF dev pairs with the default model:
 
 - **One job alone**: ``encode_pairs`` as the code runs it, against the same call with the
   lock replaced by a no-op (what one job did before), interleaved in one run. Hooks are
@@ -33,8 +33,8 @@ def main() -> None:
     n, repeats = (8, 2) if args.quick else (N_PAIRS, REPEATS)
     info = print_machine()
 
-    from legend_core import model_lock
-    from legend_core.encode import _Capture, encode_pairs, packing_verified
+    from legend_core.method import model_lock
+    from legend_core.method.encode import _Capture, encode_pairs, packing_verified
 
     lm = model()
     pairs = hh_pairs(n)

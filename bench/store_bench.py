@@ -100,7 +100,7 @@ def _step(name: str, fn: Any) -> dict[str, Any]:
 def worker(step: str, db: str, path: str) -> dict[str, Any]:
     import numpy as np
 
-    from legend_core.store import Store
+    from legend_core.data.store import Store
 
     url = f"sqlite:///{db}"
     if step == "baseline_import":
@@ -132,7 +132,7 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
 
     dataset_id = store.list_datasets()[0].id
     if step == "margins":
-        from legend_core.directions import Direction
+        from legend_core.method.directions import Direction
 
         vector = np.random.default_rng(0).standard_normal(576).astype(np.float32)
         direction = Direction(vector, "synthetic", 15, "mean", "alpaca", "mean_diff")
@@ -183,7 +183,7 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
         con.close()
         return {"step": step, **out}
     if step in ("export_jsonl", "export_parquet"):
-        from legend_core.exports import export_dataset
+        from legend_core.data.exports import export_dataset
 
         suffix = step.split("_")[1]
         target = Path(path).with_name(f"export.{suffix}")

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from legend_core import config  # noqa: E402
-from legend_core import evaluate as ev  # noqa: E402
+from legend_core.evaluation import evaluate as ev  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 HH_DEV = SHARED / "hh-rlhf-harmless-base" / "dev.jsonl"
@@ -66,7 +66,7 @@ TEMPLATES = ("plain", "alpaca", "chat")
 
 
 def hh_pairs():
-    from legend_core.formats import read_pairs
+    from legend_core.data.formats import read_pairs
 
     return read_pairs(HH_DEV).pairs
 
@@ -83,13 +83,13 @@ def dev_split(n: int) -> dict[str, np.ndarray]:
 
 
 def advbench():
-    from legend_core.formats import read_contrast_set
+    from legend_core.data.formats import read_contrast_set
 
     return read_contrast_set(ADVBENCH, refusal=config.PAPER_REFUSAL)
 
 
 def demo_contrast():
-    from legend_core.formats import read_contrast_set
+    from legend_core.data.formats import read_contrast_set
 
     return read_contrast_set(config.DEMO_CONTRAST)
 
@@ -121,7 +121,7 @@ def transfer_instructions() -> dict[str, list[str]]:
 def encode_pairs_both(lm, prompts, first, second, template: str, progress=None):
     """``encode_pairs`` with both poolings from one forward pass.
 
-    ``legend_core.encode`` pools inside its hooks with one pooling; for the sweep we swap
+    ``legend_core.method.encode`` pools inside its hooks with one pooling; for the sweep we swap
     its pooling function for one that returns ``[last | mean]`` side by side (and widen the
     output arrays to match), so every (layer, pooling) comes out of a single pass. Checked
     against two plain ``encode_pairs`` calls in :func:`self_check`.
@@ -131,7 +131,7 @@ def encode_pairs_both(lm, prompts, first, second, template: str, progress=None):
     """
     import torch
 
-    import legend_core.encode as enc
+    import legend_core.method.encode as enc
 
     d = lm.hidden_size
     wide = dataclasses.replace(lm, hidden_size=2 * d)
@@ -165,7 +165,7 @@ def encode_pairs_both(lm, prompts, first, second, template: str, progress=None):
 
 def self_check(lm, pairs) -> float:
     """Largest relative difference between the two-pooling pass and plain encode_pairs."""
-    from legend_core.encode import EncodeSettings, encode_pairs
+    from legend_core.method.encode import EncodeSettings, encode_pairs
 
     few = sorted(pairs, key=lambda p: len(p.prompt) + len(p.chosen) + len(p.rejected))[:3]
     args = ([p.prompt for p in few], [p.chosen for p in few], [p.rejected for p in few])
@@ -345,7 +345,7 @@ def write_recipe(path: Path) -> int:
 
 
 def load_lm(dtype: str):
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     return load_model("default", device="cpu", dtype=dtype)
 
@@ -403,7 +403,7 @@ def fit_layers(cache: Cache, template: str, pool: str, contrast: str, method: st
     Returns (vectors: layer -> unit vector, qualities: list of LayerQuality, best layer).
     Kept under ``CACHE/fits`` (the logistic probes take a while on two cores).
     """
-    from legend_core import directions as dirs
+    from legend_core.method import directions as dirs
 
     key = (template, pool, contrast, method)
     path = cache.root / "fits" / ("__".join(key) + ".npz")
@@ -434,7 +434,7 @@ def fit_layers(cache: Cache, template: str, pool: str, contrast: str, method: st
 
 
 def layer_agreements(chosen: np.ndarray, rejected: np.ndarray, vectors: dict) -> dict[int, float]:
-    from legend_core.margins import margins
+    from legend_core.method.margins import margins
 
     return {
         k: float(ev.agreement_scores(margins(chosen[:, k], rejected[:, k], v)).mean())
@@ -463,7 +463,7 @@ def md_table(rows: list[dict], percent: Sequence[str] = ()) -> str:
 
 def report(cache: Cache, templates: Sequence[str], out: Path | None) -> int:
     """Tables from the cached embeddings: screen, choice, test, reward check, transfer."""
-    from legend_core.margins import margins
+    from legend_core.method.margins import margins
 
     results: dict = {}
     md: list[str] = []

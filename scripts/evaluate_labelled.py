@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from evaluate_defaults import demo_contrast, dev_split, hh_pairs  # noqa: E402
 
-from legend_core import labelled as lab  # noqa: E402
+from legend_core.method import labelled as lab  # noqa: E402
 
 CHUNK = 96
 LAYERS = list(range(1, 31))
@@ -77,8 +77,8 @@ def encode(cache: Path) -> None:
     """Every layer of the dev pairs and of the demo contrastive set, in resumable chunks."""
     import torch
 
-    from legend_core.encode import EncodeSettings, encode_pairs
-    from legend_core.models import load_model
+    from legend_core.method.encode import EncodeSettings, encode_pairs
+    from legend_core.method.models import load_model
 
     torch.set_num_threads(2)
     lm = load_model("default")
@@ -157,7 +157,7 @@ class Data:
     def contrastive(self) -> tuple[dict[int, np.ndarray], list, int, int]:
         """The demo set's direction per layer as build_direction fits it (75/25 split, seed
         0, logistic), its quality, the old layer rule's choice and the current one's."""
-        from legend_core import directions as dirs
+        from legend_core.method import directions as dirs
 
         train, test = dirs.split_indices(len(self.harmless), 0.25, 0)
         vectors, quality = {}, []
@@ -325,7 +325,7 @@ def _learn(data: Data, rows: np.ndarray, vectors: dict, c_layer: int, nested: bo
 
 
 def stage_final(data: Data) -> None:
-    from legend_core import evaluate as ev
+    from legend_core.evaluation import evaluate as ev
 
     vectors, _, old, c_layer = data.contrastive()
     out: dict[str, object] = {"contrastive_layer": c_layer, "old_rule_layer": old}
@@ -427,7 +427,7 @@ def stage_fallback(data: Data) -> None:
 
 
 def stage_reward(data: Data) -> None:
-    from legend_core import evaluate as ev
+    from legend_core.evaluation import evaluate as ev
 
     vectors, _, old, c_layer = data.contrastive()
     path = data.results / "learned_vector.npy"

@@ -50,14 +50,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from evaluate_defaults import HH_DEV, dev_split, hh_pairs  # noqa: E402
 
-from legend_core import evaluate as ev  # noqa: E402
-from legend_core.margins import SCALES  # noqa: E402
+from legend_core.evaluation import evaluate as ev  # noqa: E402
+from legend_core.method.margins import SCALES  # noqa: E402
 
 HALVES = ("tune", "test")
 
 
 def _store(work: Path):
-    from legend_core.store import Store
+    from legend_core.data.store import Store
 
     work.mkdir(parents=True, exist_ok=True)
     return Store(f"sqlite:///{work / 'scales.db'}")
@@ -67,9 +67,9 @@ def encode(work: Path, dtype: str, threads: int) -> int:
     """Store both halves and compute their margins on the demo direction (cached)."""
     import torch
 
-    from legend_core.demo import load_demo
-    from legend_core.models import load_model
-    from legend_core.pipeline import annotate_dataset
+    from legend_core.method.models import load_model
+    from legend_core.method.pipeline import annotate_dataset
+    from legend_core.workflows.demo import load_demo
 
     torch.set_num_threads(threads)
     store = _store(work)
@@ -113,8 +113,8 @@ def _runs(store) -> dict[str, int]:
 def exported(store, run_id: int, scale: str, out: Path) -> tuple[np.ndarray, ...]:
     """Export a run with ``scale`` through ``export_dataset``, read the file back, and
     return (chosen embeddings, rejected embeddings, margins, manifest) row by row."""
-    from legend_core.exports import export_dataset
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.data.exports import export_dataset
+    from legend_core.data.store import EmbeddingSpace, text_key
 
     path = out / f"run{run_id}-{scale}.jsonl"
     manifest = export_dataset(store, run_id, path, scale=scale)

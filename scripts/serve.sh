@@ -4,4 +4,4 @@
 # LEGEND_ALLOW_OPEN=1. The checks live in legend_core/serve.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m legend_core.serve "$@"
+exec .venv/bin/python -m legend_core.app.serve "$@"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from legend_core.directions import Direction, LayerQuality
-from legend_core.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.method.directions import Direction, LayerQuality
 from legend_core.types import PreferencePair
 
 ROOT = Path(__file__).resolve().parent.parent

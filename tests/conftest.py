@@ -102,7 +102,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir: Path):
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
@@ -110,7 +110,7 @@ def tiny_lm(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def default_lm():
     """The real default model (SmolLM2-135M-Instruct), loaded once for the session."""
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     return load_model("default", device="cpu", dtype="float32")
 

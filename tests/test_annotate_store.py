@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from legend_core import config
-from legend_core.formats import read_contrast_set
-from legend_core.pipeline import annotate_dataset, build_direction, local_engine
-from legend_core.store import Store
+from legend_core.data.formats import read_contrast_set
+from legend_core.data.store import Store
+from legend_core.method.pipeline import annotate_dataset, build_direction, local_engine
 from legend_core.types import PreferencePair
 from tests.conftest import ROOT
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legend_core.auth import add_user
-from legend_core.directions import Direction
-from legend_core.store import Store
+from legend_core.app.auth import add_user
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
 from legend_core.types import PreferencePair
 from tests.app_support import PAGES, app, button, problems
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import plotly.io
 import pytest
 
-from legend_core import config, demo
-from legend_core.store import Store
+from legend_core import config
+from legend_core.data.store import Store
 from legend_core.types import PreferencePair
+from legend_core.workflows import demo
 from tests.app_support import app, button, goto, metrics, problems, wait_until
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from legend_core.store import Store
+from legend_core.data.store import Store
 from tests.app_support import app, button, goto, metrics, wait_until
 from tests.test_learning import _no_forward_pass, _review, synthetic_world
 
@@ -66,8 +66,8 @@ def test_lab_asks_for_a_build_before_learning_from_a_data_set(monkeypatch, tmp_p
 
 
 def test_evaluate_page_says_when_margins_are_cross_fitted(monkeypatch, tmp_path):
-    from legend_core import learning
-    from legend_core.pipeline import annotate_dataset
+    from legend_core.method.pipeline import annotate_dataset
+    from legend_core.workflows import learning
 
     url, (store, dataset_id, run_id, ids, safer, *_rest) = _db(tmp_path)
     _review(store, run_id, ids, safer, range(40))
@@ -91,7 +91,7 @@ def test_evaluate_page_says_when_margins_are_cross_fitted(monkeypatch, tmp_path)
 
 
 def test_lab_learns_from_a_labelled_data_set_after_a_build(monkeypatch, tmp_path, tiny_model_dir):
-    from legend_core import demo
+    from legend_core.workflows import demo
 
     url = f"sqlite:///{tmp_path / 'lab.db'}"
     ids = demo.load_demo(Store(url))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from legend_core import config
-from legend_core.store import Store
+from legend_core.data.store import Store
 from tests.app_support import PAGES, app, button, goto, large_db, metrics, problems, wait_until
 
 XSS = Path(__file__).resolve().parent / "xss" / "xss_pairs.jsonl"

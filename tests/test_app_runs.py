@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from legend_core.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store, text_key
 from tests.app_support import app, goto, large_db, metrics
 
 N = 60

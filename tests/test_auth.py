@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from legend_core.auth import (
+from legend_core.app.auth import (
     SignInThrottle,
     add_user,
     authenticate,
@@ -88,7 +88,7 @@ def test_users_file_is_private_and_written_atomically(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("legend_core.auth.os.replace", broken_replace)
+    monkeypatch.setattr("legend_core.app.auth.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         add_user(path, "ben", "ben-password", "annotator")
     with pytest.raises(OSError, match="disk full"):

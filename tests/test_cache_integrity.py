@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from legend_core import config
-from legend_core.formats import read_contrast_set
-from legend_core.pipeline import annotate_dataset, build_direction, local_engine
-from legend_core.store import EmbeddingSpace, Store, text_key
+from legend_core.data.formats import read_contrast_set
+from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.method.pipeline import annotate_dataset, build_direction, local_engine
 from tests.test_annotate_store import synthetic_pairs
 from tests.test_store import fresh_db_url
 
@@ -90,7 +90,7 @@ def test_zero_vectors_cached_by_an_older_version_are_encoded_again(
             {**_settings(direction), "model_dtype": tiny_lm.dtype_name}
         )
         pairs = synthetic_pairs(40)
-        from legend_core.block_cache import insert_block
+        from legend_core.data.block_cache import insert_block
 
         other.put_embeddings(run_settings_space, {text_key("x", "y"): np.ones(32)})
         space_id = other.counts()["embedding_spaces"]
@@ -103,6 +103,6 @@ def test_zero_vectors_cached_by_an_older_version_are_encoded_again(
 
 
 def _settings(direction):
-    from legend_core.pipeline import run_settings
+    from legend_core.method.pipeline import run_settings
 
     return {k: v for k, v in run_settings(direction, "").items() if k != "model_dtype"}

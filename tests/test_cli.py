@@ -10,8 +10,8 @@ import pytest
 
 from legend_core import config
 from legend_core.cli import main
-from legend_core.directions import load_direction
-from legend_core.store import Store
+from legend_core.data.store import Store
+from legend_core.method.directions import load_direction
 from tests.conftest import ROOT
 
 
@@ -134,8 +134,8 @@ def test_review_verdicts_from_the_shell_follow_the_policy(tmp_path, capsys, monk
     latest per annotator, several annotators resolved, an admin named in the users file."""
     import numpy as np
 
-    from legend_core.auth import add_user
-    from legend_core.directions import Direction
+    from legend_core.app.auth import add_user
+    from legend_core.method.directions import Direction
     from legend_core.types import PreferencePair
 
     monkeypatch.delenv("LEGEND_AUTH_FILE", raising=False)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legend_core.directions import Direction
-from legend_core.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.method.directions import Direction
 from legend_core.types import PreferencePair
 from tests.test_store import fresh_db_url, sqlite_only
 
@@ -239,9 +239,9 @@ def test_mixed_load_keeps_every_review_and_exact_margins(tmp_path: Path, tiny_lm
     the same loaded model (the app's job registry): every review kept, the margins and the
     direction bit for bit those of quiet runs."""
     from legend_core import config
-    from legend_core.formats import read_contrast_set
-    from legend_core.jobs import JobRegistry
-    from legend_core.pipeline import annotate_dataset, build_direction
+    from legend_core.app.jobs import JobRegistry
+    from legend_core.data.formats import read_contrast_set
+    from legend_core.method.pipeline import annotate_dataset, build_direction
     from tests.test_annotate_store import synthetic_pairs
 
     items = read_contrast_set(config.DEMO_CONTRAST)[:24]

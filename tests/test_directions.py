@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core.directions import (
+from legend_core.method.directions import (
     Direction,
     LayerQuality,
     auroc,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from legend_core import config
-from legend_core.formats import read_contrast_set
-from legend_core.pipeline import annotate_dataset, build_direction
-from legend_core.store import Store
+from legend_core.data.formats import read_contrast_set
+from legend_core.data.store import Store
+from legend_core.method.pipeline import annotate_dataset, build_direction
 from tests.test_annotate_store import CountingEngine, synthetic_pairs
 
 ray = pytest.importorskip("ray")
@@ -22,7 +22,7 @@ def local_ray():
 
 
 def test_ray_engine_gives_the_single_process_margins_and_resumes(tmp_path, tiny_lm, local_ray):
-    from legend_core.distributed import ray_engine
+    from legend_core.method.distributed import ray_engine
 
     items = read_contrast_set(config.DEMO_CONTRAST)[:16]
     direction = build_direction(tiny_lm, items, layer=2).direction
@@ -94,8 +94,8 @@ def test_legend_annotate_engine_ray_records_one_dtype(tmp_path, tiny_lm, local_r
 
 
 def test_actor_dtype_is_resolved_on_the_driver():
-    from legend_core.distributed import actor_dtype
-    from legend_core.models import ModelLoadError, cpu_has_bf16
+    from legend_core.method.distributed import actor_dtype
+    from legend_core.method.models import ModelLoadError, cpu_has_bf16
 
     assert actor_dtype("float16", "cpu") == "float16"
     assert actor_dtype("auto", "cuda") == "bfloat16"

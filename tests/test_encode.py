@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from legend_core.encode import (
+from legend_core.method.encode import (
     ALPACA,
     EncodeSettings,
     decoder_blocks,
@@ -129,7 +129,7 @@ def test_bad_settings_and_layers(tiny_lm):
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
 @pytest.mark.parametrize("max_length", [512, 40])
 def test_shared_prompt_pass_equals_separate_passes(tiny_lm, template, pooling, max_length):
-    from legend_core.encode import encode_pairs
+    from legend_core.method.encode import encode_pairs
 
     prompts = PROMPTS + ["x " * 100]
     chosen = RESPONSES + ["ok fine"]
@@ -159,7 +159,7 @@ PAIR_REJECTED = [
 
 @pytest.fixture()
 def eager_lm(tiny_model_dir):
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
 
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
     lm.model.config._attn_implementation = "eager"
@@ -168,7 +168,7 @@ def eager_lm(tiny_model_dir):
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
 def test_packed_pairs_with_eager_attention_equal_separate_passes(eager_lm, pooling):
-    from legend_core.encode import encode_pairs
+    from legend_core.method.encode import encode_pairs
 
     settings = EncodeSettings(pooling=pooling)
     args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
@@ -181,7 +181,7 @@ def test_packed_pairs_with_eager_attention_equal_separate_passes(eager_lm, pooli
 
 
 def test_pairs_fall_back_to_separate_passes_without_a_custom_mask(tiny_lm, monkeypatch):
-    import legend_core.encode as enc
+    import legend_core.method.encode as enc
 
     settings = EncodeSettings(pooling="mean")
     args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
@@ -201,13 +201,13 @@ def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
     """The prompt is shared and padding stays small, also when long prompts come with short
     responses and short prompts with long ones (a key/value-cache design that pads prompts
     and responses apart ran 1.8x the tokens needed here)."""
-    from legend_core.encode import _common_prefix, encode_pairs
+    from legend_core.method.encode import _common_prefix, encode_pairs
 
     settings = EncodeSettings(template="plain")
     prompts = [f"question {'x ' * (4 + 6 * i)}" for i in range(12)]
     chosen = [f"answer {'y ' * (40 - 3 * i)}" for i in range(12)]
     rejected = [f"no {'z ' * (38 - 3 * i)}" for i in range(12)]
-    from legend_core.encode import packing_verified
+    from legend_core.method.encode import packing_verified
 
     assert packing_verified(tiny_lm)  # the once-per-model check runs its own passes
     calls = []
@@ -234,7 +234,7 @@ def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
 
 
 def test_default_batch_tokens_grow_with_cpu_threads(tiny_lm, monkeypatch):
-    from legend_core.encode import CPU_MIN_BATCH_TOKENS, default_batch_tokens
+    from legend_core.method.encode import CPU_MIN_BATCH_TOKENS, default_batch_tokens
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert default_batch_tokens(tiny_lm) == CPU_MIN_BATCH_TOKENS
@@ -245,7 +245,7 @@ def test_default_batch_tokens_grow_with_cpu_threads(tiny_lm, monkeypatch):
 @pytest.fixture(scope="module", params=["qwen2", "gpt2", "gemma"])
 def other_lm(request, tmp_path_factory):
     """Tiny random models of other architectures than Llama (own masks, own positions)."""
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
     from tests.conftest import make_tiny_model
 
     folder = make_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
@@ -254,7 +254,7 @@ def other_lm(request, tmp_path_factory):
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_packed_pairs_equal_separate_passes_on_other_architectures(other_lm, pooling):
-    from legend_core.encode import encode_pairs, packing_verified
+    from legend_core.method.encode import encode_pairs, packing_verified
 
     assert packing_verified(other_lm), other_lm.packing_note
     settings = EncodeSettings(pooling=pooling)
@@ -270,8 +270,8 @@ def test_packed_pairs_equal_separate_passes_on_other_architectures(other_lm, poo
 def test_a_model_that_ignores_the_packed_mask_gets_separate_passes(tiny_model_dir, ignores):
     """Such a model would let the rejected tail see the chosen tail: the self-check finds it
     once, says so, and every later call encodes the two responses apart."""
-    from legend_core.encode import encode_pairs, packing_verified
-    from legend_core.models import load_model
+    from legend_core.method.encode import encode_pairs, packing_verified
+    from legend_core.method.models import load_model
 
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
     forward = lm.model.forward
@@ -292,8 +292,8 @@ def test_a_model_that_ignores_the_packed_mask_gets_separate_passes(tiny_model_di
 
 
 def test_flash_attention_is_not_packed(tiny_model_dir):
-    from legend_core.encode import packing_verified
-    from legend_core.models import load_model
+    from legend_core.method.encode import packing_verified
+    from legend_core.method.models import load_model
 
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
     lm.model.config._attn_implementation = "flash_attention_2"
@@ -306,7 +306,7 @@ def test_pooling_moves_masks_to_the_layer_device(pooling):
     """With layers spread over devices a hidden state may live elsewhere than the masks
     (built on the input device). Here the layer sits on the meta device, the masks on the
     CPU: pooling must follow the hidden state (this machine has one real device)."""
-    from legend_core.encode import _pool
+    from legend_core.method.encode import _pool
 
     hidden = torch.empty((2, 5, 8), device="meta")
     masks = {

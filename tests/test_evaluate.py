@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from legend_core import config
-from legend_core import evaluate as ev
+from legend_core.evaluation import evaluate as ev
 
 
 def bt_pairs(n: int = 300, d: int = 20, temperature: float = 0.3, seed: int = 0):

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legend_core import charts, config, explore
-from legend_core.directions import Direction
-from legend_core.formats import read_contrast_set
-from legend_core.store import Store
+from legend_core import config
+from legend_core.app import charts, explore
+from legend_core.data.formats import read_contrast_set
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
 from legend_core.types import ContrastItem, PreferencePair
 from tests.app_support import large_db
 
@@ -123,8 +124,8 @@ def test_direction_similarity_only_within_one_model():
 
 @pytest.fixture(scope="module")
 def built(tiny_lm):
-    from legend_core.encode import EncodeSettings
-    from legend_core.pipeline import build_direction
+    from legend_core.method.encode import EncodeSettings
+    from legend_core.method.pipeline import build_direction
 
     items = read_contrast_set(config.DEMO_CONTRAST)[:16]
     return build_direction(tiny_lm, items, EncodeSettings("alpaca", "mean"), layer="best"), items

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legend_core import explore, exports
-from legend_core.directions import Direction
-from legend_core.exports import export_dataset, export_frame
-from legend_core.store import Store
+from legend_core.app import explore
+from legend_core.data import exports
+from legend_core.data.exports import export_dataset, export_frame
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
 from legend_core.types import PreferencePair
 
 RISKY = ['=HYPERLINK("http://evil.example","click")', "+1", "-2+3", "@SUM(A1:A2)", "\tx", "\rx"]

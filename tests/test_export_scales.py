@@ -12,10 +12,10 @@ import pytest
 
 from legend_core import config
 from legend_core.cli import main
-from legend_core.directions import Direction
-from legend_core.exports import export_dataset, export_frame
-from legend_core.margins import SCALES, scale
-from legend_core.store import Store
+from legend_core.data.exports import export_dataset, export_frame
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
+from legend_core.method.margins import SCALES, scale
 from legend_core.types import PreferencePair
 from tests.test_store import fresh_db_url
 

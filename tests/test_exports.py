@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from legend_core import __version__
-from legend_core.directions import Direction
-from legend_core.exports import export_dataset, export_frame
-from legend_core.formats import read_pairs, write_pairs
-from legend_core.review_policy import POLICY_TEXT
-from legend_core.store import Store
+from legend_core.data.exports import export_dataset, export_frame
+from legend_core.data.formats import read_pairs, write_pairs
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
+from legend_core.review.policy import POLICY_TEXT
 from legend_core.types import PreferencePair
 from tests.test_store import fresh_db_url
 
@@ -306,7 +306,7 @@ def test_trl_reward_trainer_accepts_the_export(
     assert np.isfinite(result.training_loss)
 
 
-# --- several annotators: the review policy applied (legend_core.review_policy) ---------------
+# --- several annotators: the review policy applied (legend_core.review.policy) ---------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for legend_core.formats: real HH-RLHF data, every pair format, and hostile files."""
+"""Tests for legend_core.data.formats: real HH-RLHF data, every pair format, and hostile files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from legend_core import formats
-from legend_core.formats import (
+from legend_core.data import formats
+from legend_core.data.formats import (
     ASSISTANT,
     FormatError,
     detect_pair_format,
@@ -544,7 +544,7 @@ def test_pairs_to_frame_flattens_meta() -> None:
 
 def test_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, legend_core.formats; "
+        "import sys, legend_core.data.formats; "
         "heavy = {'torch', 'streamlit', 'sqlalchemy', 'pandas', 'pyarrow'} & set(sys.modules); "
         "assert not heavy, heavy"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from legend_core.jobs import JobRegistry
+from legend_core.app.jobs import JobRegistry
 
 
 def test_a_job_reports_progress_and_its_result():

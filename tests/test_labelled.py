@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from legend_core import labelled as lab
+from legend_core.method import labelled as lab
 
 D = 24
 
@@ -302,7 +302,7 @@ def test_learning_curve_rises_with_more_labels():
 
 
 def test_learning_from_the_tiny_models_hidden_states(tiny_lm):
-    from legend_core.encode import EncodeSettings, encode_pairs
+    from legend_core.method.encode import EncodeSettings, encode_pairs
 
     prompts = [f"Question {i}: how do I do thing {i}?" for i in range(16)]
     chosen = ["I won't help with that." if i % 2 else "No, sorry." for i in range(16)]

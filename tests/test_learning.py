@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core import learning
-from legend_core.directions import Direction
-from legend_core.labelled import pair_key
-from legend_core.margins import margins
-from legend_core.pipeline import annotate_dataset
-from legend_core.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.method.directions import Direction
+from legend_core.method.labelled import pair_key
+from legend_core.method.margins import margins
+from legend_core.method.pipeline import annotate_dataset
 from legend_core.types import PreferencePair
+from legend_core.workflows import learning
 
 DIM, N = 16, 240
 SETTINGS = {
@@ -128,7 +128,7 @@ def test_learning_from_reviews_improves_on_the_run_and_cross_fits_them(world, tm
     crossfit = store.get_run(new_run).settings["crossfit"]
     assert crossfit["pairs"] == 120 and crossfit["k"] == 5 and crossfit["n_labels"] == 120
     # An export's manifest says where the direction came from, without its training folds.
-    from legend_core.exports import export_dataset
+    from legend_core.data.exports import export_dataset
 
     manifest = export_dataset(store, new_run, tmp_path / "train.jsonl")
     labels = manifest["direction"]["labels"]
@@ -170,7 +170,7 @@ def test_curve_sizes_double_up_to_the_pool():
 
 
 def test_too_many_labelled_pairs_for_memory_is_refused_before_encoding(tiny_lm, monkeypatch):
-    from legend_core.encode import EncodeSettings
+    from legend_core.method.encode import EncodeSettings
 
     pairs = [PreferencePair(f"q{i}", "No.", "Sure.") for i in range(20)]
     per_pair = 3 * 4 * tiny_lm.hidden_size * tiny_lm.num_layers

@@ -10,11 +10,11 @@ import pytest
 
 from legend_core import config
 from legend_core.cli import main
-from legend_core.directions import load_direction
-from legend_core.formats import read_pairs
-from legend_core.labelled import pair_key
-from legend_core.margins import margins
-from legend_core.store import Store
+from legend_core.data.formats import read_pairs
+from legend_core.data.store import Store
+from legend_core.method.directions import load_direction
+from legend_core.method.labelled import pair_key
+from legend_core.method.margins import margins
 from tests.conftest import ROOT
 
 
@@ -65,8 +65,8 @@ def test_annotating_the_training_pairs_cross_fits_them(learned, tmp_path, capsys
     assert [r["prompt"] for r in rows] == [p.prompt for p in pairs]  # input order
     assert all(isinstance(r["margin"], float) for r in rows)
 
-    from legend_core.models import load_model
-    from legend_core.pipeline import pair_embeddings
+    from legend_core.method.models import load_model
+    from legend_core.method.pipeline import pair_embeddings
 
     lm = load_model(str(tiny_model_dir))  # as the command loads it (dtype auto)
     chosen, rejected = pair_embeddings(lm, pairs, direction)
@@ -118,7 +118,7 @@ def test_stored_data_set_learned_from_its_own_labels_is_cross_fitted(
     assert "margins are cross-fitted" in capsys.readouterr().out
 
     # The stored margins are the fold directions' (not the final vector's) projections.
-    from legend_core.evaluate import load_run
+    from legend_core.evaluation.evaluate import load_run
 
     data = load_run(store, run.id)
     frame = store.run_frame(run.id)

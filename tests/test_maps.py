@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core import maps
+from legend_core.app import maps
 
 
 def test_sample_indices_are_sorted_unique_and_deterministic():

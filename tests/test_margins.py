@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from legend_core.margins import SCALES, agreement, margins, quantile_bins, scale
+from legend_core.method.margins import SCALES, agreement, margins, quantile_bins, scale
 
 
 def test_margin_is_the_projection_of_the_difference():

@@ -14,9 +14,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from legend_core.migrations import HEAD, MIGRATIONS_DIR, alembic_config
-from legend_core.schema import Base
-from legend_core.store import EmbeddingSpace, Store, make_engine, text_key
+from legend_core.data.migrations import HEAD, MIGRATIONS_DIR, alembic_config
+from legend_core.data.schema import Base
+from legend_core.data.store import EmbeddingSpace, Store, make_engine, text_key
 from legend_core.types import PreferencePair
 
 
@@ -36,7 +36,7 @@ def upgrade_to(url: str, revision: str) -> None:
 
 
 def test_migrations_ship_inside_the_package() -> None:
-    assert MIGRATIONS_DIR.parent == Path(__import__("legend_core").__file__).parent
+    assert MIGRATIONS_DIR.parent == Path(__import__("legend_core.data").data.__file__).parent
     for name in ("env.py", "script.py.mako", "alembic.ini"):
         assert (MIGRATIONS_DIR / name).is_file()
     script = ScriptDirectory.from_config(alembic_config())

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from legend_core import model_lock
-from legend_core.encode import EncodeSettings, encode, encode_pairs
-from legend_core.jobs import JobRegistry
-from legend_core.model_lock import ModelLock
+from legend_core.app.jobs import JobRegistry
+from legend_core.method import model_lock
+from legend_core.method.encode import EncodeSettings, encode, encode_pairs
+from legend_core.method.model_lock import ModelLock
 
 PROMPTS = [f"Question {i}: " + "how would one do this " * (i % 7) for i in range(40)]
 CHOSEN = [f"I cannot help with item {i}." + " sorry" * (i % 5) for i in range(40)]
@@ -72,7 +72,7 @@ def test_two_threads_on_one_model_get_what_each_gets_alone(tiny_lm):
 
 def test_no_hook_is_left_on_the_model_after_a_pass(tiny_lm):
     """Our hooks live only for their own pass (transformers may keep hooks of its own)."""
-    from legend_core.encode import decoder_blocks
+    from legend_core.method.encode import decoder_blocks
 
     def hooks():
         return [

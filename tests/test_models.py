@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from legend_core.models import (
+from legend_core.method.models import (
     ModelLoadError,
     cpu_has_bf16,
     load_model,
@@ -32,12 +32,12 @@ def test_dtype_choice(tiny_model_dir):
 
 
 def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch):
-    import legend_core.models as models
+    import legend_core.method.models as models
 
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
     assert resolve_dtype("auto", "cpu") == torch.bfloat16
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
-    from legend_core.models import cpu_has_bf16
+    from legend_core.method.models import cpu_has_bf16
 
     expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert resolve_dtype("auto", "cpu") == expected

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core.encode import EncodeSettings, encode
-from legend_core.margins import margins
-from legend_core.pipeline import annotate_pairs, build_direction, check_compatible
+from legend_core.method.encode import EncodeSettings, encode
+from legend_core.method.margins import margins
+from legend_core.method.pipeline import annotate_pairs, build_direction, check_compatible
 from legend_core.types import ContrastItem, PreferencePair
 
 ITEMS = [
@@ -33,7 +33,7 @@ def test_build_direction_measures_every_layer_and_picks_the_best(tiny_lm):
     assert d.pooling == "last" and d.template == "alpaca" and d.method == "mean_diff"
     assert result.harmless.shape == (12, tiny_lm.hidden_size)
     # The training split alone defines the vector: refitting it gives the same one.
-    from legend_core.directions import fit
+    from legend_core.method.directions import fit
 
     train = result.train
     np.testing.assert_allclose(
@@ -71,7 +71,7 @@ def test_annotate_pairs_equals_projection_of_encoded_difference(tiny_lm):
 
 
 def test_direction_from_another_model_is_refused(tiny_lm, tmp_path):
-    from legend_core.models import load_model
+    from legend_core.method.models import load_model
     from tests.conftest import make_tiny_model
 
     other = load_model(str(make_tiny_model(tmp_path / "o", seed=5)), device="cpu")

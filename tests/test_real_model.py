@@ -12,8 +12,8 @@ import pytest
 
 from legend_core import config
 from legend_core.cli import main
-from legend_core.formats import read_contrast_set, read_pairs
-from legend_core.pipeline import build_direction
+from legend_core.data.formats import read_contrast_set, read_pairs
+from legend_core.method.pipeline import build_direction
 from tests.conftest import ADVBENCH, HH_DEV
 
 pytestmark = pytest.mark.slow

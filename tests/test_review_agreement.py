@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core.agreement import cohens_kappa, pairwise_agreement
 from legend_core.cli import main
-from legend_core.store import Store
+from legend_core.data.store import Store
+from legend_core.review.annotators import cohens_kappa, pairwise_agreement
 from tests.test_store import annotated, fresh_db_url, make_direction
 
 

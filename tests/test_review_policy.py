@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from legend_core.review_policy import (
+from legend_core.data.schema import Review
+from legend_core.review.policy import (
     ACTIONS,
     LABEL_SOURCES,
     ReviewEvent,
@@ -15,7 +16,6 @@ from legend_core.review_policy import (
     own_state,
     resolve,
 )
-from legend_core.schema import Review
 
 
 def events(*rows: tuple) -> list[ReviewEvent]:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from legend_core import config, serve
-from legend_core.auth import add_user
+from legend_core import config
+from legend_core.app import serve
+from legend_core.app.auth import add_user
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,7 +176,7 @@ def test_make_run_serves_on_loopback_only_without_a_watcher(tmp_path):
 def test_launcher_refuses_to_open_the_app_to_the_network_without_login(tmp_path):
     port = _free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "legend_core.serve"],
+        [sys.executable, "-m", "legend_core.app.serve"],
         cwd=tmp_path,
         env=_env(LEGEND_ADDRESS="0.0.0.0", LEGEND_PORT=str(port)),
         capture_output=True,

@@ -18,14 +18,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from legend_core.directions import Direction, LayerQuality
-from legend_core.formats import FormatError
-from legend_core.store import (
-    EmbeddingSpace,
-    NotFoundError,
-    Store,
-    text_key,
-)
+from legend_core.data.formats import FormatError
+from legend_core.data.store import EmbeddingSpace, NotFoundError, Store, text_key
+from legend_core.method.directions import Direction, LayerQuality
 from legend_core.types import ContrastItem, PreferencePair
 from tests.conftest import HH_DEV
 
@@ -657,7 +652,7 @@ def test_embedding_cache_keeps_values_beyond_float16_range(store: Store) -> None
 
 @pytest.mark.parametrize("asked", [1_001, 10], ids=["scan the space", "probe by key"])
 def test_iter_embeddings_batches_both_ways(store: Store, asked: int, monkeypatch) -> None:
-    monkeypatch.setattr("legend_core.block_cache.SCAN_MIN_KEYS", 1_000)  # scan at test sizes
+    monkeypatch.setattr("legend_core.data.block_cache.SCAN_MIN_KEYS", 1_000)  # scan at test sizes
     rng = np.random.default_rng(1)
     items = {text_key(f"p{i}", "r"): rng.normal(size=8).astype(np.float32) for i in range(1_000)}
     wide = text_key("p", "wide")

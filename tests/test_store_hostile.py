@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legend_core.directions import Direction
-from legend_core.exports import export_dataset
-from legend_core.formats import FormatError, read_pairs
-from legend_core.store import Store
+from legend_core.data.exports import export_dataset
+from legend_core.data.formats import FormatError, read_pairs
+from legend_core.data.store import Store
+from legend_core.method.directions import Direction
 from legend_core.types import PreferencePair
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"

@@ -1,7 +1,7 @@
 import os
 import time
 
-from legend_core.uploads import prune_uploads, save_upload
+from legend_core.data.uploads import prune_uploads, save_upload
 
 
 def test_save_upload_keeps_the_name_once_and_prunes_old_uploads(tmp_path):

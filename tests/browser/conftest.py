@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 
 class Server:
-    """The app as ``make run`` serves it (``python -m legend_core.serve``, the launcher of
+    """The app as ``make run`` serves it (``python -m legend_core.app.serve``, the launcher of
     scripts/serve.sh) on a free port, with its own database and model."""
 
     def __init__(
@@ -72,7 +72,7 @@ class Server:
             "TOKENIZERS_PARALLELISM": "false",
             **(extra_env or {}),
         }
-        command = [sys.executable, "-m", "legend_core.serve"]
+        command = [sys.executable, "-m", "legend_core.app.serve"]
         self.log = log.open("w")
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from legend_core.config import DEFAULT_MARGIN_SCALE, DEFAULT_METHOD
-from legend_core.exports import export_frame
-from legend_core.margins import scale
-from legend_core.store import Store
+from legend_core.data.exports import export_frame
+from legend_core.data.store import Store
+from legend_core.method.margins import scale
 
 pytestmark = pytest.mark.browser
 

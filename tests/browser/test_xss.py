@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from legend_core import config
-from legend_core.encode import EncodeSettings
-from legend_core.formats import read_contrast_set
-from legend_core.models import load_model
-from legend_core.pipeline import annotate_dataset, build_direction
-from legend_core.store import Store
+from legend_core.data.formats import read_contrast_set
+from legend_core.data.store import Store
+from legend_core.method.encode import EncodeSettings
+from legend_core.method.models import load_model
+from legend_core.method.pipeline import annotate_dataset, build_direction
 from tests.browser.test_e2e import idle, nav, shoot
 
 pytestmark = pytest.mark.browser

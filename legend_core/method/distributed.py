@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from legend_core.directions import Direction
-from legend_core.models import resolve_dtype
+from legend_core.method.directions import Direction
+from legend_core.method.models import resolve_dtype
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from legend_core.store import PairText
+    from legend_core.data.store import PairText
 
 
 class EngineUnavailable(RuntimeError):
@@ -42,8 +42,8 @@ class PairEncoderActor:
         trust_remote_code: bool,
         batch_tokens: int | None,
     ) -> None:
-        from legend_core.models import load_model
-        from legend_core.pipeline import check_compatible
+        from legend_core.method.models import load_model
+        from legend_core.method.pipeline import check_compatible
 
         self.direction = Direction.from_metadata(vector, meta)
         self.lm = load_model(
@@ -55,8 +55,8 @@ class PairEncoderActor:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
 
-        from legend_core.encode import encode_pairs
-        from legend_core.pipeline import settings_of
+        from legend_core.method.encode import encode_pairs
+        from legend_core.method.pipeline import settings_of
 
         layer = self.direction.layer
         chosen, rejected = encode_pairs(

@@ -12,7 +12,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from legend_core.config import database_url
-from legend_core.schema import Base
+from legend_core.data.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -39,7 +39,7 @@ def run_migrations_online() -> None:
     if config.config_file_name is not None:
         fileConfig(config.config_file_name, disable_existing_loggers=False)
     url = config.get_main_option("sqlalchemy.url") or database_url()
-    from legend_core.store import make_engine
+    from legend_core.data.store import make_engine
 
     engine = make_engine(url)
     with engine.connect() as conn:

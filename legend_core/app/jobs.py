@@ -5,7 +5,7 @@ A :class:`JobRegistry` is held once per process (the app keeps it in ``st.cache_
 A job is named by a key: starting a job whose key is already running returns the running
 one instead of starting a second, so two clicks (or two users) never duplicate work. Jobs
 of different keys may share one loaded model: their forward passes take turns (see
-:mod:`legend_core.model_lock`), and a job that waits for the model says so.
+:mod:`legend_core.method.model_lock`), and a job that waits for the model says so.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from legend_core import model_lock
+from legend_core.method import model_lock
 
 Status = Literal["running", "done", "failed"]
 

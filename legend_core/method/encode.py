@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from legend_core.models import LoadedModel
+from legend_core.method.models import LoadedModel
 
 Template = Literal["alpaca", "chat", "plain"]
 Pooling = Literal["last", "mean", "mean_all"]

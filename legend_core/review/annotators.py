@@ -1,7 +1,7 @@
 """Agreement between annotators who reviewed the same pairs.
 
 Each annotator's own current verdict and flag on a pair come from
-:func:`legend_core.review_policy.annotator_states` (the one place the review rules live):
+:func:`legend_core.review.policy.annotator_states` (the one place the review rules live):
 their latest verdict (accept, flip or override; withdrawn means none) and their latest
 flag state. Two annotators are compared on the pairs both reviewed: their verdicts' sides
 (as imported vs swapped) where both hold a verdict, their flag states on every such pair,
@@ -16,7 +16,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from legend_core.review_policy import ReviewEvent, annotator_states
+from legend_core.review.policy import ReviewEvent, annotator_states
 
 VERDICT_COLUMNS = ["annotator", "pair_id", "verdict", "swapped", "flagged", "override", "scale"]
 

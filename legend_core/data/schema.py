@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Re-exported: the one list of review actions is the policy's.
-from legend_core.review_policy import ACTIONS as ACTIONS
+from legend_core.review.policy import ACTIONS as ACTIONS
 
 
 def utcnow() -> datetime:
@@ -196,7 +196,7 @@ class Margin(Base):
 class Review(Base):
     """An append-only review of a pair: who, when, which action, value and note.
 
-    Reviews belong to the pair (see :mod:`legend_core.review_policy`). ``run_id`` records
+    Reviews belong to the pair (see :mod:`legend_core.review.policy`). ``run_id`` records
     the margin run it was made in (NULL when made without one, or once that run is
     deleted); ``direction_id`` the direction of that run, kept after the direction is
     deleted (no foreign key), because an override's number is on that direction's scale.
@@ -241,9 +241,9 @@ class EmbeddingSpaceRow(Base):
 
 
 class EmbeddingBlock(Base):
-    """Cached hidden states of one space in one block (see :mod:`legend_core.block_cache`).
+    """Cached hidden states of one space in one block (see :mod:`legend_core.data.block_cache`).
 
-    ``key_data`` is ``n`` keys of :func:`legend_core.store.text_key` (32 bytes each,
+    ``key_data`` is ``n`` keys of :func:`legend_core.data.store.text_key` (32 bytes each,
     ascending); ``vector_data`` the ``n`` × ``dim`` values, row-major, little-endian ``dtype``
     (``<f2`` or ``<f4``); ``checksum`` a CRC-32 of the header, keys and vectors. The small
     columns come first: SQLite reads a row's columns in order, so the keys are read

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from legend_core import config
 
 if TYPE_CHECKING:
-    from legend_core.encode import Progress
-    from legend_core.models import LoadedModel
-    from legend_core.store import Store
+    from legend_core.data.store import Store
+    from legend_core.method.encode import Progress
+    from legend_core.method.models import LoadedModel
 
 DEMO_DATASET = "demo pairs"
 DEMO_CONTRAST_SET = "demo contrastive set"
@@ -34,7 +34,7 @@ def load_demo(
 
     Runs again safely: what is already there is reused, not duplicated.
     """
-    from legend_core.formats import read_contrast_set
+    from legend_core.data.formats import read_contrast_set
 
     datasets = {d.name: d.id for d in store.list_datasets()}
     dataset_id = datasets.get(DEMO_DATASET)
@@ -49,8 +49,8 @@ def load_demo(
     if lm is None:
         return ids
 
-    from legend_core.encode import EncodeSettings
-    from legend_core.pipeline import annotate_dataset, build_direction
+    from legend_core.method.encode import EncodeSettings
+    from legend_core.method.pipeline import annotate_dataset, build_direction
 
     existing = [d for d in store.list_directions() if d.name == DEMO_DIRECTION]
     if existing:

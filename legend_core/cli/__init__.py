@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from legend_core import config
-from legend_core.review_policy import ACTIONS as REVIEW_ACTIONS
+from legend_core.review.policy import ACTIONS as REVIEW_ACTIONS
 
 Handler = Callable[[argparse.Namespace], int]
 REFUSAL_HELP = (
@@ -44,7 +44,7 @@ def progress_bar(description: str):
 
 
 def _load_model(args: argparse.Namespace, name: str | None = None):
-    from legend_core.models import ModelLoadError, load_model
+    from legend_core.method.models import ModelLoadError, load_model
 
     try:
         return load_model(
@@ -59,7 +59,7 @@ def _load_model(args: argparse.Namespace, name: str | None = None):
 
 
 def _store(args: argparse.Namespace):
-    from legend_core.store import Store
+    from legend_core.data.store import Store
 
     return Store(args.db)
 
@@ -68,7 +68,7 @@ def _store(args: argparse.Namespace):
 
 
 def _read_contrast(args: argparse.Namespace):
-    from legend_core.formats import read_contrast_set
+    from legend_core.data.formats import read_contrast_set
 
     path = Path(args.contrast)
     refusal = config.refusals(args.refusal) if args.refusal else None
@@ -103,14 +103,14 @@ def _labelled_pairs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]
     """The labelled pairs of ``--labelled FILE`` or ``--labelled-dataset ID``, and where
     they came from (for the direction's provenance). Read before any model work."""
     if args.labelled:
-        from legend_core.formats import read_pairs
+        from legend_core.data.formats import read_pairs
 
         report = read_pairs(args.labelled, format=args.labelled_format)
         for warning in report.warnings[:20]:
             print(f"warning: {warning}", file=sys.stderr)
         source = {"kind": "file", "name": Path(args.labelled).name, "format": report.format}
         return list(report.pairs), source
-    from legend_core.store import PairText
+    from legend_core.data.store import PairText
 
     store = _store(args)
     info = store.get_dataset(args.labelled_dataset)
@@ -123,9 +123,9 @@ def _labelled_pairs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]
 
 
 def cmd_build_direction(args: argparse.Namespace) -> int:
-    from legend_core.directions import save_direction
-    from legend_core.encode import EncodeSettings
-    from legend_core.pipeline import build_direction
+    from legend_core.method.directions import save_direction
+    from legend_core.method.encode import EncodeSettings
+    from legend_core.method.pipeline import build_direction
 
     items, source = _read_contrast(args)
     labelled, labels_source = (
@@ -177,8 +177,8 @@ def cmd_build_direction(args: argparse.Namespace) -> int:
 def _learn_from_labels(args, lm, settings, result, pairs, source):
     """``build-direction --labelled``: encode the labelled pairs at every layer, learn a
     direction from them (the contrastive direction as its prior), print the evidence."""
-    from legend_core import learning
-    from legend_core.labelled import ProbeSettings
+    from legend_core.method.labelled import ProbeSettings
+    from legend_core.workflows import learning
 
     base = result.direction
     probe = learning.DEFAULT_PROBE
@@ -217,8 +217,8 @@ def _learn_from_labels(args, lm, settings, result, pairs, source):
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from legend_core.directions import load_direction
-    from legend_core.margins import agreement
+    from legend_core.method.directions import load_direction
+    from legend_core.method.margins import agreement
 
     if bool(args.pairs) == bool(args.dataset):
         raise UserError("give either --pairs FILE (with --out) or --dataset ID (stored data)")
@@ -232,8 +232,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def _annotate_file(args: argparse.Namespace, load_direction, agreement) -> int:
-    from legend_core.formats import read_pairs
-    from legend_core.pipeline import annotate_pairs
+    from legend_core.data.formats import read_pairs
+    from legend_core.method.pipeline import annotate_pairs
 
     report = read_pairs(args.pairs, format=args.format)  # a bad file fails before any model work
     direction = load_direction(args.direction)
@@ -260,7 +260,7 @@ def _annotate_file(args: argparse.Namespace, load_direction, agreement) -> int:
 
 def _print_crossfit(direction, pairs) -> None:
     """Say so when some pairs were the direction's own training labels (cross-fitted)."""
-    from legend_core.labelled import crossfit_note, fold_directions, pair_folds
+    from legend_core.method.labelled import crossfit_note, fold_directions, pair_folds
 
     n = sum(f is not None for f in pair_folds(direction.labels, pairs))
     if n:
@@ -268,7 +268,7 @@ def _print_crossfit(direction, pairs) -> None:
 
 
 def _annotate_stored(args: argparse.Namespace, agreement) -> int:
-    from legend_core.pipeline import annotate_dataset
+    from legend_core.method.pipeline import annotate_dataset
 
     store = _store(args)
     if args.direction_id is None:
@@ -276,7 +276,7 @@ def _annotate_stored(args: argparse.Namespace, agreement) -> int:
     direction = store.get_direction(args.direction_id)
     lm, engine, model_dtype = None, None, None
     if args.engine == "ray":
-        from legend_core.distributed import actor_dtype, ray_engine
+        from legend_core.method.distributed import actor_dtype, ray_engine
 
         device = "cpu" if args.device == "auto" else args.device
         # Resolved here, once: every actor runs in it and the cache records it.
@@ -308,7 +308,7 @@ def _annotate_stored(args: argparse.Namespace, agreement) -> int:
     )
     crossfit = store.get_run(run_id).settings.get("crossfit")
     if crossfit:
-        from legend_core.labelled import crossfit_note
+        from legend_core.method.labelled import crossfit_note
 
         print(crossfit_note(crossfit["pairs"], crossfit["k"]))
     return 0
@@ -321,7 +321,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = _store(args)
     mapping = dict(item.split("=", 1) for item in args.map) if args.map else None
     if args.contrast:
-        from legend_core.formats import data_file_stem, read_contrast_set
+        from legend_core.data.formats import data_file_stem, read_contrast_set
 
         refusal = config.refusals(args.refusal) if args.refusal else None
         items = read_contrast_set(args.file, format=args.format, refusal=refusal)
@@ -390,7 +390,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def _admins() -> frozenset[str]:
     """Admins' names from the users file in login mode (their verdicts adjudicate)."""
-    from legend_core.auth import admin_names, auth_file, load_config
+    from legend_core.app.auth import admin_names, auth_file, load_config
 
     path = auth_file()
     if path is None:
@@ -402,7 +402,7 @@ def _admins() -> frozenset[str]:
 
 
 def _print_agreement(store, dataset_id: int | None) -> int:
-    from legend_core.agreement import agreement_frame, pairwise_agreement
+    from legend_core.review.annotators import agreement_frame, pairwise_agreement
 
     if dataset_id is None:
         raise UserError("--agreement needs --dataset ID")
@@ -417,7 +417,7 @@ def _print_agreement(store, dataset_id: int | None) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     import getpass
 
-    from legend_core.auth import add_user, auth_file, set_blind_review
+    from legend_core.app.auth import add_user, auth_file, set_blind_review
 
     path = Path(args.file) if args.file else auth_file()
     if path is None:
@@ -436,7 +436,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from legend_core.exports import export_dataset
+    from legend_core.data.exports import export_dataset
 
     store = _store(args)
     margin_range = tuple(args.margin_range) if args.margin_range else None
@@ -482,7 +482,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from legend_core.demo import load_demo
+    from legend_core.workflows.demo import load_demo
 
     store = _store(args)
     lm = None if args.data_only else _load_model(args)
@@ -500,7 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Agreement with the human labels (with baselines) and the reward-model check."""
-    from legend_core import evaluate as ev
+    from legend_core.evaluation import evaluate as ev
 
     if bool(args.run) == bool(args.pairs):
         raise UserError("give either --run ID (a stored margin run) or --pairs FILE --direction")
@@ -517,7 +517,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             + f"; layer {s.get('layer')}, {s.get('pooling')} pooling, {s.get('template')} template"
         )
         if s.get("crossfit"):
-            from legend_core.labelled import crossfit_note
+            from legend_core.method.labelled import crossfit_note
 
             print(crossfit_note(s["crossfit"]["pairs"], s["crossfit"]["k"]))
         if chosen is None:
@@ -574,11 +574,11 @@ def _evaluate_file(args: argparse.Namespace):
 
     import numpy as np
 
-    from legend_core import evaluate as ev
-    from legend_core.directions import load_direction
-    from legend_core.formats import read_pairs
-    from legend_core.labelled import crossfit_note, direction_margins, fold_directions
-    from legend_core.pipeline import check_compatible, pair_embeddings
+    from legend_core.data.formats import read_pairs
+    from legend_core.evaluation import evaluate as ev
+    from legend_core.method.directions import load_direction
+    from legend_core.method.labelled import crossfit_note, direction_margins, fold_directions
+    from legend_core.method.pipeline import check_compatible, pair_embeddings
 
     if not args.direction:
         raise UserError("--pairs needs --direction PATH (from legend build-direction)")
@@ -650,8 +650,8 @@ def _db_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from legend_core.directions import METHODS
-    from legend_core.encode import POOLINGS, TEMPLATES
+    from legend_core.method.directions import METHODS
+    from legend_core.method.encode import POOLINGS, TEMPLATES
 
     parser = argparse.ArgumentParser(prog="legend", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -825,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LOW", "HIGH"),
         help="keep pairs whose margin (before scaling) lies in [LOW, HIGH]",
     )
-    from legend_core.margins import SCALE_DEFINITIONS, SCALES
+    from legend_core.method.margins import SCALE_DEFINITIONS, SCALES
 
     export.add_argument(
         "--scale",
@@ -891,8 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; user errors print one line and exit with status 2."""
     args: Any = build_parser().parse_args(argv)
-    from legend_core.distributed import EngineUnavailable
-    from legend_core.formats import FormatError
+    from legend_core.data.formats import FormatError
+    from legend_core.method.distributed import EngineUnavailable
 
     try:
         return args.handler(args)

@@ -2,10 +2,10 @@
 
 ``Store(url)`` opens any SQLAlchemy URL (a SQLite file by default, see
 :func:`legend_core.config.database_url`) and upgrades its schema to the newest Alembic
-revision; it never drops anything. The ORM models live in :mod:`legend_core.schema`.
+revision; it never drops anything. The ORM models live in :mod:`legend_core.data.schema`.
 
 Reviews are append-only and belong to the pair, not to one run: every run of a pair reads
-all its reviews. What they add up to is decided by :mod:`legend_core.review_policy` (the
+all its reviews. What they add up to is decided by :mod:`legend_core.review.policy` (the
 one place the policy is written); the store only fetches the reviews and hands the policy
 the admins' names it is given (it never reads the users file). A pair is *reviewed* when
 someone holds a current verdict on it (accept, flip or override not withdrawn); a flag
@@ -52,21 +52,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from legend_core import block_cache
-from legend_core.block_cache import vector_problem as vector_problem  # the cache's rule
 from legend_core.config import database_url
-from legend_core.directions import Direction
-from legend_core.formats import json_safe
-from legend_core.review_policy import (
-    VERDICT_ACTIONS,
-    AnnotatorState,
-    Resolution,
-    ReviewEvent,
-    check_action,
-    own_state,
-    resolve,
-)
-from legend_core.schema import (
+from legend_core.data import block_cache
+from legend_core.data.block_cache import vector_problem as vector_problem  # the cache's rule
+from legend_core.data.formats import json_safe
+from legend_core.data.schema import (
     ContrastItemRow,
     ContrastSet,
     Dataset,
@@ -79,12 +69,22 @@ from legend_core.schema import (
     Review,
     utcnow,
 )
+from legend_core.method.directions import Direction
+from legend_core.review.policy import (
+    VERDICT_ACTIONS,
+    AnnotatorState,
+    Resolution,
+    ReviewEvent,
+    check_action,
+    own_state,
+    resolve,
+)
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from legend_core.formats import ImportReport
+    from legend_core.data.formats import ImportReport
 
 T = TypeVar("T")
 
@@ -426,7 +426,7 @@ class Store:
 
     def _migrate(self) -> None:
         """Upgrade to head (a cheap check first: Alembic loads only when there is work)."""
-        from legend_core.migrations import HEAD, alembic_config
+        from legend_core.data.migrations import HEAD, alembic_config
 
         if self._revision() == HEAD:
             return
@@ -515,7 +515,7 @@ class Store:
         mapping: Mapping[str, str] | None = None,
         max_bytes: int | None = None,
     ) -> tuple[int, ImportReport]:
-        """Read a preference file with :func:`legend_core.formats.read_pairs` and store it.
+        """Read a preference file with :func:`legend_core.data.formats.read_pairs` and store it.
 
         Args:
             path: The file.
@@ -528,7 +528,7 @@ class Store:
             FormatError: The file is malformed; the database is unchanged.
             ValueError: ``name`` is taken or the file holds no pairs.
         """
-        from legend_core.formats import data_file_stem, read_pairs
+        from legend_core.data.formats import data_file_stem, read_pairs
 
         if name is not None and self._dataset_id(_check_name(name)) is not None:
             raise ValueError(f"a data set named {name.strip()!r} already exists")
@@ -659,7 +659,7 @@ class Store:
         mapping: Mapping[str, str] | None = None,
     ) -> int:
         """Read a contrastive set with ``formats.read_contrast_set`` and store it."""
-        from legend_core.formats import data_file_stem, read_contrast_set
+        from legend_core.data.formats import data_file_stem, read_contrast_set
 
         items = read_contrast_set(path, format=format, refusal=refusal, mapping=mapping)
         return self.add_contrast_set(name or data_file_stem(path), items, source=str(path))
@@ -933,7 +933,7 @@ class Store:
         """Every pair of the run's data set with its margins and reviews, in input order.
 
         Reviews of the pair made in any run (or none) count, resolved by
-        :func:`legend_core.review_policy.resolve` with ``admins`` as adjudicators. With
+        :func:`legend_core.review.policy.resolve` with ``admins`` as adjudicators. With
         ``annotator``, only that annotator's reviews count (blind review: their own view).
 
         Columns: pair_id, idx, prompt, chosen, rejected (as imported); computed_margin
@@ -1104,7 +1104,7 @@ class Store:
     ) -> int:
         """Append a review; returns its id. Lock contention is retried transparently.
 
-        The meanings of the actions are :mod:`legend_core.review_policy`'s. ``run_id`` is
+        The meanings of the actions are :mod:`legend_core.review.policy`'s. ``run_id`` is
         the run the pair was seen in: the review counts in every run of the pair, and an
         override's number is read on the scale of that run's direction.
 
@@ -1316,7 +1316,7 @@ class Store:
         return reviewed, total - reviewed
 
     # --- embedding cache ---------------------------------------------------------------------
-    # Vectors live in blocks (legend_core.block_cache: the format, reads and writes); these
+    # Vectors live in blocks (legend_core.data.block_cache: the format, reads and writes); these
     # methods pick the space and the transactions.
 
     def _space_id(self, s: Session, space: EmbeddingSpace, create: bool) -> int | None:
@@ -1365,8 +1365,8 @@ class Store:
     ) -> block_cache.Projections:
         """Each key's projection ``h · v / ‖v‖`` on ``direction`` from the cached vectors,
         block by block, keeping no vector (the second phase of
-        :func:`legend_core.pipeline.annotate_dataset`); see
-        :func:`legend_core.block_cache.project`."""
+        :func:`legend_core.method.pipeline.annotate_dataset`); see
+        :func:`legend_core.data.block_cache.project`."""
         with self._session() as s:
             space_id = self._space_id(s, space, create=False)
             if space_id is None:

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select
 
-from legend_core.margins import projections
-from legend_core.schema import EmbeddingBlock, EmbeddingKey
+from legend_core.data.schema import EmbeddingBlock, EmbeddingKey
+from legend_core.method.margins import projections
 
 #: Bytes of a key (a SHA-256 digest, see ``store.text_key``).
 KEY_BYTES = 32
@@ -86,7 +86,7 @@ class LostRace(Exception):
 def _db() -> tuple[int, Any]:
     # The dialect-specific code stays in the store's one marked section (imported here,
     # late, because the store imports this module).
-    from legend_core.store import BULK_IN_CHUNK, insert_or_skip
+    from legend_core.data.store import BULK_IN_CHUNK, insert_or_skip
 
     return BULK_IN_CHUNK, insert_or_skip
 
@@ -472,7 +472,7 @@ def project(
     Each block is projected with one product (the whole block when most of its rows are
     wanted, else its wanted rows); only the projections are kept, never the vectors. A
     vector's projection is the same bit for bit whatever block or batch it is in
-    (:func:`legend_core.margins.projections` sums each row on its own), so margins equal
+    (:func:`legend_core.method.margins.projections` sums each row on its own), so margins equal
     the row cache's, and a resumed run equals a fresh one.
 
     Raises:

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from legend_core import directions as dirs
-from legend_core.directions import Direction, Method
-from legend_core.encode import EncodeSettings, Progress, encode, encode_pairs
-from legend_core.labelled import direction_margins, fold_directions, pair_folds
-from legend_core.models import LoadedModel
+from legend_core.method import directions as dirs
+from legend_core.method.directions import Direction, Method
+from legend_core.method.encode import EncodeSettings, Progress, encode, encode_pairs
+from legend_core.method.labelled import direction_margins, fold_directions, pair_folds
+from legend_core.method.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
 
 if TYPE_CHECKING:
-    from legend_core.store import PairText, Store
+    from legend_core.data.store import PairText, Store
 
 
 @dataclass
@@ -37,7 +37,7 @@ class BuildResult:
         harmless_tokens: Response length in tokens of each harmless response.
         harmful_tokens: Response length in tokens of each harmful response.
         vectors: Layer -> the direction fitted at that layer (on the training split): the
-            priors of a direction then learned from labels (``legend_core.learning``).
+            priors of a direction then learned from labels (``legend_core.workflows.learning``).
     """
 
     direction: Direction
@@ -82,7 +82,7 @@ def build_direction(
         name: A name for the direction.
         contrast_name: Where the contrastive set came from, kept as metadata.
         progress: ``progress(done, total)`` during encoding.
-        **encode_options: Passed to :func:`legend_core.encode.encode` (batch sizes).
+        **encode_options: Passed to :func:`legend_core.method.encode.encode` (batch sizes).
     """
     settings = settings or EncodeSettings()
     if len(items) < 4:
@@ -201,7 +201,7 @@ def check_vectors(
 ) -> None:
     """Refuse hidden states that no correct forward pass yields (not finite, all zeros),
     naming the text, so that no margin is ever computed from one."""
-    from legend_core.store import vector_problem
+    from legend_core.data.store import vector_problem
 
     good = np.isfinite(chosen).all(1) & chosen.any(1) & np.isfinite(rejected).all(1)
     good &= rejected.any(1)
@@ -321,7 +321,7 @@ def annotate_dataset(
     Returns:
         The margin run's id.
     """
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace, text_key
 
     direction = store.get_direction(direction_id)
     if engine is None:

@@ -10,7 +10,7 @@ Settings (environment):
 | LEGEND_AUTH_FILE   | (none)      | users file: login mode                                 |
 | LEGEND_ALLOW_OPEN  | (none)      | ``1``: allow listening beyond loopback without login   |
 
-Run it as ``scripts/serve.sh`` or ``python -m legend_core.serve``. Other Streamlit options
+Run it as ``scripts/serve.sh`` or ``python -m legend_core.app.serve``. Other Streamlit options
 can be given as ``STREAMLIT_*`` variables or in ``.streamlit/config.toml``; the address, the
 port and the file watcher are set on the command line, which wins over both.
 """
@@ -103,7 +103,7 @@ def settings(env: Mapping[str, str]) -> Settings:
         raise ServeError(f"LEGEND_PORT must be between 1 and 65535, not {port}")
     login = bool(env.get("LEGEND_AUTH_FILE", "").strip())
     if login:
-        from legend_core import auth
+        from legend_core.app import auth
 
         path = Path(env["LEGEND_AUTH_FILE"].strip()).expanduser()
         try:

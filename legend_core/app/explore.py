@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from legend_core import maps
+from legend_core.app import maps
 from legend_core.types import ContrastItem
 
 if TYPE_CHECKING:
-    from legend_core.directions import Direction
-    from legend_core.pipeline import BuildResult
-    from legend_core.store import RunInfo, Store
+    from legend_core.data.store import RunInfo, Store
+    from legend_core.method.directions import Direction
+    from legend_core.method.pipeline import BuildResult
 
 Sign = Literal["any", "positive", "negative"]
 SIGNS: tuple[str, ...] = ("any", "positive", "negative")
@@ -423,7 +423,7 @@ def response_map(
         max_points: Most responses UMAP lays out.
         seed: Seed of the sample and of UMAP.
     """
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace, text_key
 
     pairs = frame[frame["computed_margin"].notna()]
     if method == "umap" and len(pairs) * 2 > max_points:
@@ -499,7 +499,7 @@ def export_file(store: Store, run_id: int, fmt: str, stem: str, **filters: Any) 
         stem: File name without suffix.
         **filters: As ``exports.export_dataset`` takes them.
     """
-    from legend_core.exports import export_dataset
+    from legend_core.data.exports import export_dataset
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem).strip("._")
     name = f"{safe or 'legend-export'}.{fmt}"

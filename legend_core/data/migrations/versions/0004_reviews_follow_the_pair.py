@@ -7,7 +7,7 @@ Create Date: 2026-12-01 00:00:00
 - ``ck_reviews_action`` allows ``withdraw`` (an annotator takes their verdict back).
 - ``reviews.direction_id`` (nullable, no foreign key): the direction of the run a review
   was made in. Reviews now count in every run of their pair (see
-  ``legend_core.review_policy``); an override's number is on one direction's scale, and
+  ``legend_core.review.policy``); an override's number is on one direction's scale, and
   this column keeps that scale known after the run or the direction is deleted. Filled
   here from each review's run; reviews without a run keep NULL.
 

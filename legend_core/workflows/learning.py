@@ -3,7 +3,7 @@
 ``labelled`` does the maths on embeddings; this module gets the embeddings (a forward pass
 over labelled pairs at every layer, or a margin run's cached vectors for its reviewed
 pairs), runs the learning with the settings EVALUATION.md chose, and packages the result
-as a :class:`~legend_core.directions.Direction` whose metadata says which labels, how many
+as a :class:`~legend_core.method.directions.Direction` whose metadata says which labels, how many
 and which folds (scoring pairs with it, cross-fitted where it learned from them, is
 ``labelled.direction_margins``, used by ``pipeline``).
 """
@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from legend_core import labelled as lab
-from legend_core.evaluate import Interval, format_table
-from legend_core.labelled import LabelledQuality, LearnedDirection, ProbeSettings
+from legend_core.evaluation.evaluate import format_table
+from legend_core.method import labelled as lab
+from legend_core.method.label_agreement import Interval
+from legend_core.method.labelled import LabelledQuality, LearnedDirection, ProbeSettings
 
 if TYPE_CHECKING:
-    from legend_core.directions import Direction
-    from legend_core.encode import EncodeSettings, Progress
-    from legend_core.models import LoadedModel
-    from legend_core.store import PairText, Store
+    from legend_core.data.store import PairText, Store
+    from legend_core.method.directions import Direction
+    from legend_core.method.encode import EncodeSettings, Progress
+    from legend_core.method.models import LoadedModel
     from legend_core.types import PreferencePair
 
 #: The method name of a direction learned from labels.
@@ -52,7 +53,7 @@ class LabelledSet:
             review says the rejected one is.
         chosen_lengths: Characters of each imported chosen response.
         rejected_lengths: Characters of each imported rejected response.
-        keys: Each pair's :func:`legend_core.labelled.pair_key`.
+        keys: Each pair's :func:`legend_core.method.labelled.pair_key`.
         source: Where the labels came from, for the provenance.
     """
 
@@ -119,7 +120,7 @@ def encode_labelled(
         ValueError: Too few pairs to cross-validate, or too many to hold every layer of
             (``MAX_LABELLED_BYTES``): the message says how many would fit.
     """
-    from legend_core.encode import encode_pairs
+    from legend_core.method.encode import encode_pairs
 
     if len(pairs) < 2 * lab.DEFAULT_FOLDS:
         raise ValueError(
@@ -355,7 +356,7 @@ def reviewed_labels(store: Store, run_id: int, admins: Any = frozenset()) -> Lab
     accept or an override ``≥ 0`` keeps the imported label, flip or an override ``< 0``
     swaps it. Embeddings are the run's (its layer and settings), from the store's cache.
     """
-    from legend_core.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace, text_key
 
     run = store.get_run(run_id)
     frame = store.run_frame(run_id, admins=admins)
@@ -482,8 +483,8 @@ def learn_from_dataset(
     """Learn a direction from a stored data set's labels (as imported: chosen is the safer
     response), the contrastive direction of ``build`` (a ``pipeline.BuildResult``) as the
     prior at every layer; its encoder settings encode the pairs (all layers, one pass)."""
-    from legend_core.pipeline import settings_of
-    from legend_core.store import PairText
+    from legend_core.data.store import PairText
+    from legend_core.method.pipeline import settings_of
 
     info = store.get_dataset(dataset_id)
     frame = store.dataset_frame(dataset_id)

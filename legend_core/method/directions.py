@@ -75,7 +75,7 @@ class Direction:
     seed: int = 0
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     quality: list[LayerQuality] = field(default_factory=list)
-    #: Provenance of a direction learned from labelled pairs (``legend_core.learning``):
+    #: Provenance of a direction learned from labelled pairs (``legend_core.workflows.learning``):
     #: which labels, how many, which folds, the fold directions for cross-fitting and the
     #: labelled quality; empty for a direction built from a contrastive set alone.
     labels: dict[str, Any] = field(default_factory=dict)

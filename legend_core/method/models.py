@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from legend_core import config
-from legend_core.model_lock import ModelLock
+from legend_core.method.model_lock import ModelLock
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -52,7 +52,7 @@ class LoadedModel:
         num_layers: Number of transformer blocks; hidden-state indices run 0..num_layers.
         hidden_size: Width of a hidden state.
         lock: Held for each forward pass: jobs in several threads share one loaded model
-            (see :mod:`legend_core.model_lock`).
+            (see :mod:`legend_core.method.model_lock`).
         packing: Whether packed pairs (one prompt, both responses in one row) give what two
             separate passes give on this model: None until checked, then True or False.
         packing_note: Why packing is off, when it is.

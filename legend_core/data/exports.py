@@ -2,7 +2,7 @@
 
 Rows are TRL-ready: ``prompt``, ``chosen``, ``rejected`` and a float ``margin`` on every
 row (TRL's RewardTrainer subtracts it inside the loss ``-log σ(r_c - r_r - m)``). Reviews
-are applied as :mod:`legend_core.review_policy` resolves them (admins' names given by the
+are applied as :mod:`legend_core.review.policy` resolves them (admins' names given by the
 caller): a pair whose label is flipped is exported with chosen and rejected swapped, and
 the margin is always relative to the *exported* chosen response (so it is negated when
 swapped; an override, typed as the pair was shown, as imported, is negated too). Disputed
@@ -35,13 +35,13 @@ import numpy as np
 import pandas as pd
 
 from legend_core import __version__, config
-from legend_core.formats import SUFFIXES, json_safe
-from legend_core.margins import SCALE_DEFINITIONS, SCALES
-from legend_core.margins import scale as rescale
-from legend_core.review_policy import LABEL_SOURCES, POLICY_TEXT
+from legend_core.data.formats import SUFFIXES, json_safe
+from legend_core.method.margins import SCALE_DEFINITIONS, SCALES
+from legend_core.method.margins import scale as rescale
+from legend_core.review.policy import LABEL_SOURCES, POLICY_TEXT
 
 if TYPE_CHECKING:
-    from legend_core.store import Store
+    from legend_core.data.store import Store
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)

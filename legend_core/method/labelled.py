@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from legend_core.evaluate import (
+from legend_core.method.label_agreement import (
     Interval,
     agreement_interval,
     agreement_scores,
@@ -832,7 +832,7 @@ def crossfit_margins(
         fold_vectors: (k, d) the fold directions.
         pair_folds: Per pair its fold in the training labels, or None if it was not one.
     """
-    from legend_core.margins import margins as project
+    from legend_core.method.margins import margins as project
 
     folds = list(pair_folds)
     if len(folds) != len(chosen):
@@ -884,7 +884,7 @@ def direction_margins(
         The margins, and how many pairs were cross-fitted (0 for a contrastive direction or
         pairs it never saw).
     """
-    from legend_core.margins import margins as project
+    from legend_core.method.margins import margins as project
 
     folds = pair_folds(labels or {}, texts)
     n_crossfit = sum(f is not None for f in folds)
