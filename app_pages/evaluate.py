@@ -1,6 +1,6 @@
 """Evaluate: does the margin agree with people, and does it help a reward model?
 
-Everything computed here comes from ``legend_core.evaluation.evaluate``; this page only picks a margin
+Everything computed here comes from ``legend_core.evaluation``; this page only picks a margin
 run, sets the options and shows the tables. No data text is shown (only numbers).
 """
 

@@ -149,8 +149,9 @@ def build(
     directory: Path, n_pairs: int, with_pairs: bool, progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """A block store (``blocks.db``) and a row cache (``rows.db``) of the same vectors."""
-    from legend_core.data.store import Store, text_key
+    from legend_core.data.store import Store
     from legend_core.types import PreferencePair
+    from legend_core.util import text_key
 
     start = time.perf_counter()
     store = Store(f"sqlite:///{directory / 'blocks.db'}")
@@ -253,8 +254,9 @@ def big_run(n_pairs: int, repeats: int) -> dict[str, Any]:
 
 def annotate_steps(store: Any, dataset_id: int, direction_id: int) -> dict[str, float]:
     """The steps of ``annotate_dataset`` for a cached data set, each timed once."""
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
     from legend_core.method.pipeline import run_settings
+    from legend_core.util import text_key
 
     direction = store.get_direction(direction_id)
     settings = run_settings(direction, "float32")
@@ -328,9 +330,10 @@ def migration_run(directory: Path, n_pairs: int) -> dict[str, Any]:
 def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
     from types import SimpleNamespace
 
-    from legend_core.data.store import Store, text_key
+    from legend_core.data.store import Store
     from legend_core.method.directions import Direction
     from legend_core.method.pipeline import annotate_dataset
+    from legend_core.util import text_key
 
     with tempfile.TemporaryDirectory(prefix="legend-cache-bench-") as tmp:
         folder = Path(tmp)

@@ -49,10 +49,11 @@ def cached_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def from_database(n: int) -> dict[str, Any]:
     """Build a store with ``n`` pairs and their cached embeddings; time a new direction's run."""
-    from legend_core.data.store import EmbeddingSpace, Store, text_key
+    from legend_core.data.store import EmbeddingSpace, Store
     from legend_core.method.directions import Direction
     from legend_core.method.pipeline import annotate_dataset
     from legend_core.types import PreferencePair
+    from legend_core.util import text_key
 
     fingerprint, layer = "bench:0", 15
     with tempfile.TemporaryDirectory(prefix="legend-bench-") as tmp:

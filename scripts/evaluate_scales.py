@@ -114,7 +114,8 @@ def exported(store, run_id: int, scale: str, out: Path) -> tuple[np.ndarray, ...
     """Export a run with ``scale`` through ``export_dataset``, read the file back, and
     return (chosen embeddings, rejected embeddings, margins, manifest) row by row."""
     from legend_core.data.exports import export_dataset
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
 
     path = out / f"run{run_id}-{scale}.jsonl"
     manifest = export_dataset(store, run_id, path, scale=scale)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store
 from legend_core.method.directions import Direction, LayerQuality
 from legend_core.types import PreferencePair
+from legend_core.util import text_key
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store
+from legend_core.util import text_key
 from tests.app_support import app, goto, large_db, metrics
 
 N = 60

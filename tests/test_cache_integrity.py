@@ -10,8 +10,9 @@ import pytest
 
 from legend_core import config
 from legend_core.data.formats import read_contrast_set
-from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store
 from legend_core.method.pipeline import annotate_dataset, build_direction, local_engine
+from legend_core.util import text_key
 from tests.test_annotate_store import synthetic_pairs
 from tests.test_store import fresh_db_url
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store
 from legend_core.method.directions import Direction
 from legend_core.types import PreferencePair
+from legend_core.util import text_key
 from tests.test_store import fresh_db_url, sqlite_only
 
 WORKERS = 8

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from legend_core.method import labelled as lab
+from legend_core.util import pair_hash
 
 D = 24
 
@@ -246,7 +247,7 @@ def test_learn_direction_finds_the_informative_layer_and_reports_nested_numbers(
     assert float((learned.nested_margins > 0).mean()) > 0.7
     assert len(learned.candidates) == 6
     assert calls[-1][0] == calls[-1][1]
-    keys = [lab.pair_key(f"p{i}", "c", "r") for i in range(200)]
+    keys = [pair_hash(f"p{i}", "c", "r") for i in range(200)]
     meta = learned.provenance(keys, source="synthetic.jsonl")
     json.dumps(meta)  # JSON-ready
     assert meta["n_labels"] == 200 and meta["k_folds"] == 4 and meta["source"] == "synthetic.jsonl"
@@ -319,7 +320,7 @@ def test_learning_from_the_tiny_models_hidden_states(tiny_lm):
     )
     assert learned.vector.shape == (tiny_lm.hidden_size,)
     assert learned.layer in by_layer
-    keys = [lab.pair_key(p, a, b) for p, a, b in zip(prompts, chosen, rejected)]
+    keys = [pair_hash(p, a, b) for p, a, b in zip(prompts, chosen, rejected)]
     meta = learned.provenance(keys)
     values = lab.crossfit_margins(
         c.vectors[learned.layer],
@@ -374,7 +375,7 @@ def test_direction_margins_cross_fit_only_known_pairs():
     assert n == 0
     np.testing.assert_allclose(plain, (chosen - rejected)[:, 0])
     labels = {
-        "fold_of": {lab.pair_key("p1", "c", "r")[: lab.KEY_CHARS]: 1},
+        "fold_of": {pair_hash("p1", "c", "r")[: lab.KEY_CHARS]: 1},
         "fold_vectors": np.eye(4)[:2].tolist(),
     }
     crossed, n = lab.direction_margins(pairs, chosen, rejected, vector, labels)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from legend_core.data.store import EmbeddingSpace, Store, text_key
+from legend_core.data.store import EmbeddingSpace, Store
 from legend_core.method.directions import Direction
-from legend_core.method.labelled import pair_key
 from legend_core.method.margins import margins
 from legend_core.method.pipeline import annotate_dataset
 from legend_core.types import PreferencePair
+from legend_core.util import pair_hash, text_key
 from legend_core.workflows import learning
 
 DIM, N = 16, 240
@@ -99,7 +99,7 @@ def test_reviewed_labels_follow_the_verdicts(world):
     assert lset.n == 21
     expected = [1.0 if safer[i] else -1.0 for i in range(20)] + [-1.0]
     assert lset.signs.tolist() == expected
-    assert lset.keys[0] == pair_key(pairs[0].prompt, pairs[0].chosen, pairs[0].rejected)
+    assert lset.keys[0] == pair_hash(pairs[0].prompt, pairs[0].chosen, pairs[0].rejected)
     assert list(lset.diffs) == [2] and lset.diffs[2].shape == (21, DIM)
     assert lset.source == {"kind": "reviews", "run_id": run_id, "dataset_id": world[1]}
 
@@ -144,7 +144,7 @@ def test_learning_from_reviews_improves_on_the_run_and_cross_fits_them(world, tm
         r = store.get_embeddings(space, [text_key(p.prompt, p.rejected)])
         hc = next(iter(c.values()))[None]
         hr = next(iter(r.values()))[None]
-        fold = fold_of.get(pair_key(p.prompt, p.chosen, p.rejected)[:16])
+        fold = fold_of.get(pair_hash(p.prompt, p.chosen, p.rejected)[:16])
         vector = d.vector if fold is None else vectors[fold]
         assert (fold is None) == (i >= 120)
         expected = float(margins(hc, hr, vector)[0])

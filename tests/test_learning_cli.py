@@ -13,8 +13,8 @@ from legend_core.cli import main
 from legend_core.data.formats import read_pairs
 from legend_core.data.store import Store
 from legend_core.method.directions import load_direction
-from legend_core.method.labelled import pair_key
 from legend_core.method.margins import margins
+from legend_core.util import pair_hash
 from tests.conftest import ROOT
 
 
@@ -42,7 +42,7 @@ def test_build_direction_learns_from_a_labelled_file(learned, capsys, tiny_model
     assert labels["n_labels"] == 52 and labels["k_folds"] == 5
     assert labels["source"] == {"kind": "file", "name": "demo_pairs.jsonl", "format": "trl"}
     pairs = read_pairs(config.DEMO_PAIRS).pairs
-    keys = {pair_key(p.prompt, p.chosen, p.rejected)[:16] for p in pairs}
+    keys = {pair_hash(p.prompt, p.chosen, p.rejected)[:16] for p in pairs}
     assert set(labels["fold_of"]) == keys
     assert sorted(set(labels["fold_of"].values())) == [0, 1, 2, 3, 4]
     assert np.asarray(labels["fold_vectors"]).shape == (5, direction.vector.shape[0])
@@ -71,7 +71,7 @@ def test_annotating_the_training_pairs_cross_fits_them(learned, tmp_path, capsys
     lm = load_model(str(tiny_model_dir))  # as the command loads it (dtype auto)
     chosen, rejected = pair_embeddings(lm, pairs, direction)
     folds = [
-        direction.labels["fold_of"][pair_key(p.prompt, p.chosen, p.rejected)[:16]] for p in pairs
+        direction.labels["fold_of"][pair_hash(p.prompt, p.chosen, p.rejected)[:16]] for p in pairs
     ]
     vectors = np.asarray(direction.labels["fold_vectors"], dtype=np.float32)
     expected = [
@@ -124,7 +124,7 @@ def test_stored_data_set_learned_from_its_own_labels_is_cross_fitted(
     frame = store.run_frame(run.id)
     vectors = np.asarray(stored.labels["fold_vectors"], dtype=np.float32)
     folds = [
-        stored.labels["fold_of"][pair_key(p, c, r)[:16]]
+        stored.labels["fold_of"][pair_hash(p, c, r)[:16]]
         for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])
     ]
     expected = [

@@ -16,8 +16,9 @@ from alembic.script import ScriptDirectory
 
 from legend_core.data.migrations import HEAD, MIGRATIONS_DIR, alembic_config
 from legend_core.data.schema import Base
-from legend_core.data.store import EmbeddingSpace, Store, make_engine, text_key
+from legend_core.data.store import EmbeddingSpace, Store, make_engine
 from legend_core.types import PreferencePair
+from legend_core.util import text_key
 
 
 def revision_of(url: str) -> str | None:

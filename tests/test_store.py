@@ -19,9 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from legend_core.data.formats import FormatError
-from legend_core.data.store import EmbeddingSpace, NotFoundError, Store, text_key
+from legend_core.data.store import EmbeddingSpace, NotFoundError, Store
 from legend_core.method.directions import Direction, LayerQuality
 from legend_core.types import ContrastItem, PreferencePair
+from legend_core.util import text_key
 from tests.conftest import HH_DEV
 
 

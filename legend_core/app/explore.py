@@ -423,7 +423,8 @@ def response_map(
         max_points: Most responses UMAP lays out.
         seed: Seed of the sample and of UMAP.
     """
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
 
     pairs = frame[frame["computed_margin"].notna()]
     if method == "umap" and len(pairs) * 2 > max_points:

@@ -47,6 +47,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from legend_core.data.schema import EmbeddingBlock, EmbeddingKey
 from legend_core.method.margins import projections
+from legend_core.util import chunks
 
 #: Bytes of a key (a SHA-256 digest, see ``store.text_key``).
 KEY_BYTES = 32
@@ -89,11 +90,6 @@ def _db() -> tuple[int, Any]:
     from legend_core.data.store import BULK_IN_CHUNK, insert_or_skip
 
     return BULK_IN_CHUNK, insert_or_skip
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # --- what may be cached -----------------------------------------------------------------------
@@ -160,7 +156,7 @@ def pack(
     for dtype, rows, values in (("<f2", ~wide, half), ("<f4", wide, matrix)):
         chosen = sorted(np.flatnonzero(rows).tolist(), key=keys.__getitem__)
         per_block = max(1, min(max_rows or BLOCK_ROWS, BLOCK_BYTES // (dim * DTYPES[dtype])))
-        for part in _chunks(chosen, per_block):
+        for part in chunks(chosen, per_block):
             blocks.append(([keys[i] for i in part], values[list(part)].astype(dtype)))
     return blocks
 
@@ -368,7 +364,7 @@ def _probe(
     """Where those of ``keys`` that are cached are: block id -> its ``(key, row)`` pairs."""
     in_chunk, _ = _db()
     where: dict[int, list[tuple[bytes, int]]] = {}
-    for chunk in _chunks(sorted(keys), in_chunk):
+    for chunk in chunks(sorted(keys), in_chunk):
         query = select(KEYS.c.key, KEYS.c.block_id, KEYS.c.row_no)
         query = query.where(KEYS.c.space_id == space_id, KEYS.c.key.in_(chunk))
         for key, block_id, row_no in conn.execute(query):
@@ -390,7 +386,7 @@ def _probed_blocks(
         where = _probe(conn, space_id, todo)
         todo = []
         read: set[int] = set()
-        for chunk in _chunks(sorted(where), BLOCK_IN_CHUNK):
+        for chunk in chunks(sorted(where), BLOCK_IN_CHUNK):
             query = select(*_block_columns(with_vectors)).where(BLOCKS.c.id.in_(chunk))
             for row in conn.execute(query.order_by(BLOCKS.c.id).execution_options(yield_per=4)):
                 block = _decode(row, with_vectors)
@@ -442,7 +438,7 @@ def vectors(
     for block in _space_blocks(conn, space_id, lookup, with_vectors=True):
         rows, ids = _found_rows(lookup, got, block)
         got[ids] = True
-        for part in _chunks(np.arange(len(rows)), max(1, batch_size)):
+        for part in chunks(np.arange(len(rows)), max(1, batch_size)):
             matrix = block.vectors[rows[part]].astype(np.float32)
             yield [block.key(r) for r in rows[part].tolist()], matrix
 
@@ -566,7 +562,7 @@ def write_block(conn: Connection, space_id: int, keys: Sequence[bytes], matrix: 
     """
     in_chunk, _ = _db()
     present: set[bytes] = set()
-    for chunk in _chunks(list(keys), in_chunk):
+    for chunk in chunks(list(keys), in_chunk):
         query = select(KEYS.c.key).where(KEYS.c.space_id == space_id, KEYS.c.key.in_(chunk))
         present.update(bytes(k) for k in conn.scalars(query))
     keep = [i for i, key in enumerate(keys) if key not in present]

@@ -22,7 +22,6 @@ would run as a formula is neutralised (:func:`csv_safe`); JSONL and Parquet keep
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import tempfile
@@ -39,6 +38,7 @@ from legend_core.data.formats import SUFFIXES, json_safe
 from legend_core.method.margins import SCALE_DEFINITIONS, SCALES
 from legend_core.method.margins import scale as rescale
 from legend_core.review.policy import LABEL_SOURCES, POLICY_TEXT
+from legend_core.util import file_sha256
 
 if TYPE_CHECKING:
     from legend_core.data.store import Store
@@ -284,14 +284,6 @@ def _write(frame: pd.DataFrame, path: Path, format: str) -> None:
         frame.to_parquet(path, index=False)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_atomic(path: Path, writer: Any) -> None:
     """Write through a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +357,7 @@ def export_dataset(
         "created_at": datetime.now(timezone.utc).isoformat(),
         "file": path.name,
         "format": fmt,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "columns": list(frame.columns),
         "counts": counts,

@@ -80,6 +80,7 @@ from legend_core.review.policy import (
     resolve,
 )
 from legend_core.types import ContrastItem, PreferencePair
+from legend_core.util import chunks, pair_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,16 +146,6 @@ class EmbeddingSpace:
             max_length=int(settings["max_length"]),
             model_dtype=str(settings.get("model_dtype", "")),
         )
-
-
-def text_key(prompt: str, response: str) -> bytes:
-    """The 32-byte SHA-256 digest of ``prompt + "\\x1f" + response``: an embedding's key."""
-    return hashlib.sha256(f"{prompt}\x1f{response}".encode()).digest()
-
-
-def content_hash(prompt: str, chosen: str, rejected: str) -> str:
-    """Hex SHA-256 of a pair's three texts (finds duplicates across imports)."""
-    return hashlib.sha256(f"{prompt}\x1f{chosen}\x1f{rejected}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -342,11 +333,6 @@ def _retry(fn: Callable[[], T], attempts: int = 40) -> T:
     raise AssertionError("unreachable")
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a name must be a non-empty string")
@@ -400,7 +386,7 @@ def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]
         "chosen": pair.chosen,
         "rejected": pair.rejected,
         "meta": json_safe(pair.meta),
-        "content_hash": content_hash(pair.prompt, pair.chosen, pair.rejected),
+        "content_hash": pair_hash(pair.prompt, pair.chosen, pair.rejected),
     }
 
 
@@ -853,7 +839,7 @@ class Store:
                 # Core statements on the session's connection: the ORM's per-row
                 # bookkeeping was half the time of a 100k-pair run (bench/margins_bench.py).
                 conn = s.connection()
-                for chunk in _chunks(list(zip(ids, vals, strict=True)), BULK_IN_CHUNK):
+                for chunk in chunks(list(zip(ids, vals, strict=True)), BULK_IN_CHUNK):
                     chunk_ids = [p for p, _ in chunk]
                     found = set(
                         conn.scalars(
@@ -869,7 +855,7 @@ class Store:
                 # A pair that already has a margin keeps it: another writer of the same run
                 # (a second process, a resumed job) computed it from the same vectors.
                 statement = insert_or_skip(conn, Margin.__table__)
-                for chunk_rows in _chunks(rows, INSERT_CHUNK):
+                for chunk_rows in chunks(rows, INSERT_CHUNK):
                     conn.execute(statement, list(chunk_rows))
 
         _retry(work)
@@ -1080,7 +1066,7 @@ class Store:
             run = self._run(s, run_id)
             events = self._review_events(s, Pair.dataset_id == run.dataset_id, run, annotator)
             computed: dict[int, float] = {}
-            for chunk in _chunks(sorted(events), IN_CHUNK):
+            for chunk in chunks(sorted(events), IN_CHUNK):
                 query = select(Margin.pair_id, Margin.value).where(
                     Margin.run_id == run_id, Margin.pair_id.in_(chunk)
                 )

@@ -631,7 +631,8 @@ def load_run(store: Store, run_id: int) -> RunData:
     Reviews are not applied: the evaluation asks whether the *computed* margin agrees with
     the human label as imported.
     """
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
 
     run = store.get_run(run_id)
     s = run.settings

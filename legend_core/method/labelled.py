@@ -30,7 +30,6 @@ flipped the pair). A margin is positive when the direction agrees with the label
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +45,7 @@ from legend_core.method.label_agreement import (
     random_direction_agreements,
     shorter_is_safer,
 )
+from legend_core.util import pair_hash
 
 #: Inverse L2 strengths tried by cross-validation (scikit-learn's ``C``: the penalty is
 #: ``½‖β - β₀‖²`` against ``C ×`` the summed log-loss, on standardised differences). The
@@ -76,12 +76,6 @@ def single_threaded(fn: F) -> F:
 
 
 # --- pair identity and orientation -----------------------------------------------------------
-
-
-def pair_key(prompt: str, chosen: str, rejected: str) -> str:
-    """Hex SHA-256 of a pair's three texts (the store's ``content_hash``): how a learned
-    direction recognises its own training pairs in a file or a stored data set."""
-    return hashlib.sha256(f"{prompt}\x1f{chosen}\x1f{rejected}".encode()).hexdigest()
 
 
 def differences(
@@ -860,7 +854,7 @@ def pair_folds(labels: Mapping[str, Any], texts: Sequence[Any]) -> list[int | No
     direction's training labels; all None for a direction not learned from labels."""
     if not labels.get("fold_of"):
         return [None] * len(texts)
-    return fold_lookup(labels, [pair_key(p.prompt, p.chosen, p.rejected) for p in texts])
+    return fold_lookup(labels, [pair_hash(p.prompt, p.chosen, p.rejected) for p in texts])
 
 
 def fold_directions(labels: Mapping[str, Any]) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from legend_core import config
 from legend_core.method.model_lock import ModelLock
+from legend_core.util import file_sha256
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -151,19 +152,6 @@ def default_gguf_path() -> Path:
     return path
 
 
-def _sha256(path: Path, limit: int | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        remaining = limit
-        while chunk := handle.read(1 << 20 if remaining is None else min(1 << 20, remaining)):
-            digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-                if remaining <= 0:
-                    break
-    return digest.hexdigest()
-
-
 def folder_fingerprint(folder: Path) -> str:
     """A cheap content fingerprint of a model folder: config plus each weight file's size
     and first MiB. Enough to notice replaced weights without hashing gigabytes."""
@@ -172,7 +160,7 @@ def folder_fingerprint(folder: Path) -> str:
         if path.suffix in {".safetensors", ".bin", ".gguf"} or path.name == "config.json":
             digest.update(path.name.encode())
             digest.update(str(path.stat().st_size).encode())
-            digest.update(_sha256(path, limit=1 << 20).encode())
+            digest.update(file_sha256(path, limit=1 << 20).encode())
     return digest.hexdigest()[:16]
 
 
@@ -184,7 +172,7 @@ def dequantized_default(cache_dir: Path | None = None) -> tuple[Path, str]:
     a model behind.
     """
     gguf = default_gguf_path()
-    digest = _sha256(gguf)[:16]
+    digest = file_sha256(gguf)[:16]
     # "-plain": the saved config carries no GGUF quantization settings, so the folder loads
     # as an ordinary float model (in whatever dtype is asked for).
     target = Path(cache_dir or config.model_cache_dir()) / f"smollm2-135m-instruct-{digest}-plain"

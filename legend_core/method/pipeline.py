@@ -18,6 +18,7 @@ from legend_core.method.encode import EncodeSettings, Progress, encode, encode_p
 from legend_core.method.labelled import direction_margins, fold_directions, pair_folds
 from legend_core.method.models import LoadedModel
 from legend_core.types import ContrastItem, PreferencePair
+from legend_core.util import chunks
 
 if TYPE_CHECKING:
     from legend_core.data.store import PairText, Store
@@ -244,11 +245,6 @@ def annotate_pairs(
     return values
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 # An engine turns pairs into (pairs, chosen vectors, rejected vectors) batches at one
 # layer; it may yield them in any order and in any batch sizes.
 PairEncoder = Callable[
@@ -262,7 +258,7 @@ def local_engine(
     """Encode pairs in this process, ``chunk_size`` pairs at a time."""
 
     def run(pairs: Sequence[PairText]):
-        for chunk in _chunks(pairs, chunk_size):
+        for chunk in chunks(pairs, chunk_size):
             yield chunk, *pair_embeddings(lm, chunk, direction, **encode_options)
 
     return run
@@ -321,7 +317,8 @@ def annotate_dataset(
     Returns:
         The margin run's id.
     """
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
 
     direction = store.get_direction(direction_id)
     if engine is None:

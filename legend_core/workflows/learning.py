@@ -20,6 +20,7 @@ from legend_core.evaluation.evaluate import format_table
 from legend_core.method import labelled as lab
 from legend_core.method.label_agreement import Interval
 from legend_core.method.labelled import LabelledQuality, LearnedDirection, ProbeSettings
+from legend_core.util import pair_hash
 
 if TYPE_CHECKING:
     from legend_core.data.store import PairText, Store
@@ -98,7 +99,7 @@ def labelled_set(
         signs=s,
         chosen_lengths=np.array([len(p.chosen) for p in texts]),
         rejected_lengths=np.array([len(p.rejected) for p in texts]),
-        keys=[lab.pair_key(p.prompt, p.chosen, p.rejected) for p in texts],
+        keys=[pair_hash(p.prompt, p.chosen, p.rejected) for p in texts],
         source=dict(source or {}),
     )
 
@@ -356,7 +357,8 @@ def reviewed_labels(store: Store, run_id: int, admins: Any = frozenset()) -> Lab
     accept or an override ``≥ 0`` keeps the imported label, flip or an override ``< 0``
     swaps it. Embeddings are the run's (its layer and settings), from the store's cache.
     """
-    from legend_core.data.store import EmbeddingSpace, text_key
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
 
     run = store.get_run(run_id)
     frame = store.run_frame(run_id, admins=admins)
