@@ -7,12 +7,12 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.data import formats
+from legend_core.data import files, formats
 from legend_core.data.uploads import save_upload
 
 # .gz/.bz2/.xz are accepted alone (file pickers mishandle ".jsonl.gz"); the reader then
 # checks the name before the compression suffix.
-SUFFIXES = [suffix.lstrip(".") for suffix in formats.READABLE_SUFFIXES]
+SUFFIXES = [suffix.lstrip(".") for suffix in files.READABLE_SUFFIXES]
 
 st.title("Data")
 s = ui.store()
@@ -85,7 +85,7 @@ with pairs_tab:
                 with st.expander("Warnings (pairs are kept)"):
                     st.dataframe(pd.DataFrame({"warning": report.warnings[:500]}), hide_index=True)
             name = st.text_input(
-                "Name of the data set", value=formats.data_file_stem(path), key=f"pairs_name_{path}"
+                "Name of the data set", value=files.data_file_stem(path), key=f"pairs_name_{path}"
             )
             if st.button("Import", type="primary", key="pairs_import", icon=":material/upload:"):
                 try:
@@ -156,7 +156,7 @@ with contrast_tab:
     if cpath is not None:
         cname = st.text_input(
             "Name of the contrastive set",
-            value=formats.data_file_stem(cpath),
+            value=files.data_file_stem(cpath),
             key=f"contrast_name_{cpath}",
         )
         if st.button("Import contrastive set", type="primary", key="contrast_import"):

@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.app import charts, explore
+from legend_core.app import charts, lab
 from legend_core.method import pipeline
 from legend_core.method.directions import METHODS
 from legend_core.method.encode import POOLINGS, TEMPLATES, EncodeSettings
@@ -75,9 +75,9 @@ with right:
     )
     st.session_state["sel_contrast"] = set_id
     start = (
-        explore.contrast_frame(s.get_contrast_items(set_id))
+        lab.contrast_frame(s.get_contrast_items(set_id))
         if set_id
-        else pd.DataFrame(columns=explore.CONTRAST_COLUMNS)
+        else pd.DataFrame(columns=lab.CONTRAST_COLUMNS)
     )
     edited = st.data_editor(
         start,
@@ -86,13 +86,13 @@ with right:
         height=300,
         key=f"lab_editor_{set_id}",
         column_config={
-            c: st.column_config.TextColumn(c, width="medium") for c in explore.CONTRAST_COLUMNS
+            c: st.column_config.TextColumn(c, width="medium") for c in lab.CONTRAST_COLUMNS
         },
     )
     st.caption("Add, change or delete rows; the build uses the table as it is now.")
 
 try:
-    items = explore.contrast_items(edited)
+    items = lab.contrast_items(edited)
 except ValueError as error:
     items = []
     ui.plain_error("The table has a half-filled row.", str(error))
@@ -156,24 +156,24 @@ if job is not None and job.status == "done":
     m[3].metric("Separation", f"{q.separation:.2f}", help="Cohen's d of the two classes.")
     m[4].metric("Stability", f"{q.stability:.3f}", help="Cosine of two half-set directions.")
     m[5].metric("Length R²", f"{q.length_r2:.3f}", help="High: the direction measures length.")
-    layers = explore.layer_frame(d)
+    layers = lab.layer_frame(d)
     t1, t2, t3, t4 = st.tabs(["Per layer", "Held-out projections", "Length check", "Map"])
     with t1:
         st.plotly_chart(charts.layer_chart(layers))
         st.dataframe(layers, hide_index=True)
     with t2:
-        st.plotly_chart(charts.projection_histogram(explore.projection_frame(result)))
+        st.plotly_chart(charts.projection_histogram(lab.projection_frame(result)))
         st.caption("Two well-separated humps: the direction tells refusals from compliance.")
     with t3:
         c1, c2 = st.columns(2)
         c1.plotly_chart(charts.length_r2_chart(layers))
-        c2.plotly_chart(charts.length_scatter(explore.length_frame(result)))
+        c2.plotly_chart(charts.length_scatter(lab.length_frame(result)))
         st.caption("If projection rises with length, the direction partly measures length.")
     with t4:
 
         @st.cache_data(show_spinner="Laying out the map…", max_entries=8)
         def contrast_map(key: str, _result, _items):  # keyed by the build job
-            return explore.contrast_map_frame(_result, _items)
+            return lab.contrast_map_frame(_result, _items)
 
         frame, note = contrast_map(job_key, result, st.session_state.get("lab_items"))
         st.plotly_chart(charts.contrast_map(frame))
@@ -359,7 +359,7 @@ else:
         )
         if len(picked) > 1:
             pairs = [(f"#{i}", s.get_direction(i)) for i in picked]
-            matrix = explore.direction_similarity(pairs)
+            matrix = lab.direction_similarity(pairs)
             st.plotly_chart(charts.similarity_heatmap(matrix))
             st.caption("Cosine similarity; blank where the models differ (not comparable).")
     if ui.can_delete():

@@ -10,8 +10,10 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.evaluation import evaluate as ev
-from legend_core.method.labelled import crossfit_note
+from legend_core.evaluation.label_report import AgreementReport, agreement_report
+from legend_core.evaluation.reports import RunData, load_run
+from legend_core.evaluation.reward_check import RewardCheck, RewardSettings, reward_model_check
+from legend_core.method.crossfit import crossfit_note
 from legend_core.method.margins import SCALE_DEFINITIONS
 
 st.title("Evaluate")
@@ -35,8 +37,8 @@ if run is None:
 
 
 @st.cache_data(show_spinner="Reading margins and cached embeddings…", max_entries=4)
-def run_data(db: str, run_id: int, n_margins: int, n_embeddings: int) -> ev.RunData:
-    return ev.load_run(ui.store(), run_id)
+def run_data(db: str, run_id: int, n_margins: int, n_embeddings: int) -> RunData:
+    return load_run(ui.store(), run_id)
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -48,9 +50,9 @@ def report(
     bins: int,
     n_boot: int,
     n_directions: int,
-) -> ev.AgreementReport:
+) -> AgreementReport:
     d = run_data(db, run_id, n_margins, n_embeddings)
-    return ev.agreement_report(
+    return agreement_report(
         d.margins,
         d.chosen_lengths,
         d.rejected_lengths,
@@ -202,11 +204,11 @@ key = ("reward", url, run.id, run.n_margins, n_embeddings, scale, lam, seeds, he
 if submitted:
     bar = st.progress(0.0, text="Training reward heads…")
     try:
-        result = ev.reward_model_check(
+        result = reward_model_check(
             data.chosen,
             data.rejected,
             data.margins,
-            ev.RewardSettings(
+            RewardSettings(
                 head=head, lam=lam, seeds=seeds, test_fraction=test_fraction, margin_scale=scale
             ),
             progress=lambda done, total: bar.progress(
@@ -224,7 +226,7 @@ if saved is None or saved[0] != key:
     st.caption("Set λ and the seeds, then run the check (seconds on cached embeddings).")
     st.stop()
 
-result: ev.RewardCheck = saved[1]
+result: RewardCheck = saved[1]
 st.text(
     f"{result.n_train:,} training and {result.n_test:,} held-out pairs per seed · "
     f"{result.settings.head} head · λ = {result.settings.lam:g} · margins on the "

@@ -5,8 +5,9 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.app import charts, explore, maps
-from legend_core.method import pipeline
+from legend_core.app import charts, maps, views
+from legend_core.app.queue import selected_pairs
+from legend_core.workflows import annotate
 
 st.title("Annotate and explore")
 st.caption(
@@ -49,7 +50,7 @@ if not running and left > 0:
             ui.jobs().start(
                 key,
                 "Computing margins",
-                pipeline.annotate_dataset,
+                annotate.annotate_dataset,
                 s,
                 lm,
                 dataset.id,
@@ -74,7 +75,7 @@ def run_frame(
     """The run's pairs with percentiles; refreshed when margins or reviews change. Under
     blind review the review state is the viewer's own."""
     frame = ui.store().run_frame(run_id, annotator=seen_by, admins=admins)
-    return explore.with_lengths(explore.with_percentiles(frame))
+    return views.with_lengths(views.with_percentiles(frame))
 
 
 @st.cache_data(show_spinner="Laying out the map…", max_entries=4)
@@ -83,7 +84,7 @@ def pca_map(db: str, run_id: int, n_margins: int, seen_by: str | None):
     run_info = ui.store().get_run(run_id)
     d = ui.store().get_direction(run_info.direction_id)
     pairs = run_frame(db, run_id, n_margins, 0, seen_by, admins)
-    return explore.response_map(ui.store(), run_info, d, pairs, "pca")
+    return maps.response_map(ui.store(), run_info, d, pairs, "pca")
 
 
 def umap_map(points: int):
@@ -103,7 +104,7 @@ def umap_map(points: int):
         job = ui.jobs().start(
             key,
             "Laying out the UMAP map",
-            lambda progress: explore.response_map(s, run, d, pairs, "umap", points),
+            lambda progress: maps.response_map(s, run, d, pairs, "umap", points),
         )
     if job.running:
         ui.job(key)
@@ -113,22 +114,24 @@ def umap_map(points: int):
 
 
 frame = run_frame(url, run.id, run.n_margins, s.counts()["reviews"], seen_by, admins)
-summary = explore.summarize(frame)
+summary = views.summarize(frame)
 m = st.columns(4)
 m[0].metric("Pairs with a margin", f"{summary.n:,}", help=f"{summary.n_missing:,} still missing")
-m[1].metric("Agreement", f"{summary.agree:.1%}", help="Share of positive margins.")
+m[1].metric(
+    "Agreement", f"{summary.agree:.1%}", help="Share of positive margins (a zero margin: ½)."
+)
 m[2].metric("Negative margins", f"{summary.n_negative:,}")
 m[3].metric("Median margin", f"{summary.median:.3f}")
 
 st.subheader("Filter")
-lo, hi = explore.finite_range(frame["effective_margin"])
+lo, hi = views.finite_range(frame["effective_margin"])
 f1, f2, f3 = st.columns([2, 1, 2])
-fmt, step = explore.slider_format(lo, hi)
+fmt, step = views.slider_format(lo, hi)
 span = f1.slider("Margin range", lo, hi, (lo, hi), step, fmt, key=f"range_{run.id}")
-sign = f2.selectbox("Sign", explore.SIGNS, key="explore_sign")
+sign = f2.selectbox("Sign", views.SIGNS, key="explore_sign")
 text = f3.text_input("Text contains", key="explore_text", placeholder="search prompt and texts")
 margin_range = None if span == (lo, hi) else span
-filtered = explore.filter_pairs(frame, margin_range, sign, text)
+filtered = views.filter_pairs(frame, margin_range, sign, text)
 st.caption(f"{len(filtered):,} of {len(frame):,} pairs pass the filter.")
 
 
@@ -156,14 +159,14 @@ def charts_pane(filtered) -> None:
             on_select="rerun",
             selection_mode=("box", "lasso"),
         )
-        selected += explore.selected_pairs(state.selection.points)
-        r = explore.correlation(filtered["length_diff"], filtered["effective_margin"])
+        selected += selected_pairs(state.selection.points)
+        r = views.correlation(filtered["length_diff"], filtered["effective_margin"])
         st.caption(f"Correlation of margin and length difference: r = {r:.2f}.")
     with tab_hist:
         st.plotly_chart(charts.margin_histogram(filtered["effective_margin"]))
     with tab_table:
         st.dataframe(
-            explore.table_view(filtered.sort_values("effective_margin").head(1000)),
+            views.table_view(filtered.sort_values("effective_margin").head(1000)),
             hide_index=True,
             column_config={
                 "margin": st.column_config.NumberColumn(format="%.3f"),
@@ -197,7 +200,7 @@ def charts_pane(filtered) -> None:
                     on_select="rerun",
                     selection_mode=("box", "lasso"),
                 )
-                selected += explore.selected_pairs(state.selection.points)
+                selected += selected_pairs(state.selection.points)
             st.caption(
                 layout.note + " Embeddings come from the cache; no model runs here. "
                 "Drag a box or a lasso to select pairs."
@@ -212,7 +215,8 @@ def charts_pane(filtered) -> None:
     ):
         send(selected, "selected")
     if row.button(f"Review the {len(filtered):,} filtered pairs", disabled=filtered.empty):
-        send(explore.queue_order(filtered), "filtered")
+        # The Review page orders them (Store.review_queue), as it orders every queue.
+        send([int(p) for p in filtered["pair_id"]], "filtered")
 
 
 charts_pane(filtered)

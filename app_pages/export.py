@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.app import explore
+from legend_core.app import downloads, views
 from legend_core.data import exports
 
 st.title("Export")
@@ -58,8 +58,8 @@ with left:
     everything = exports.export_frame(
         s, run.id, exclude_flagged=False, scale="none", include_disputed=True, admins=admins
     )
-    lo, hi = explore.finite_range(everything["margin"])
-    fmt, step = explore.slider_format(lo, hi)
+    lo, hi = views.finite_range(everything["margin"])
+    fmt, step = views.slider_format(lo, hi)
     span = st.slider("Margin range", lo, hi, (lo, hi), step, fmt, key=f"export_range_{run.id}")
 with right:
     st.subheader("File")
@@ -129,7 +129,7 @@ if st.button(
     dataset = s.get_dataset(run.dataset_id)
     st.session_state["export"] = (
         signature,
-        explore.export_file(s, run.id, fmt, f"{dataset.name}-run{run.id}", **filters),
+        downloads.export_file(s, run.id, fmt, f"{dataset.name}-run{run.id}", **filters),
     )
 done = st.session_state.get("export")
 if done and done[0] == signature:

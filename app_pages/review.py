@@ -6,7 +6,8 @@ import streamlit as st
 
 from app_pages import _common as ui
 from legend_core import config
-from legend_core.app import explore
+from legend_core.app import views
+from legend_core.app.queue import next_unreviewed, queue_position, step
 from legend_core.review.policy import POLICY_POINTS, AnnotatorState
 
 st.title("Review")
@@ -142,10 +143,10 @@ def review_pane() -> None:
         st.info("This queue is empty.", icon=":material/info:")
         return
     current = st.session_state.get("review_current")
-    if explore.queue_position(queue, current) is None:
+    if queue_position(queue, current) is None:
         current = queue[0]
         st.session_state["review_current"] = current
-    pos = explore.queue_position(queue, current)
+    pos = queue_position(queue, current)
     # Under blind review, counts and "next unreviewed" are this annotator's own: others'
     # progress would tell which pairs they reviewed. "Reviewed" means holding a verdict.
     seen_by = ui.seen_by()
@@ -154,7 +155,7 @@ def review_pane() -> None:
     by = " by you" if seen_by is not None else ""
     st.progress(reviewed / total, text=f"{reviewed:,} reviewed{by} · {remaining:,} remaining")
 
-    prev_id, next_id = explore.step(queue, current, -1), explore.step(queue, current, 1)
+    prev_id, next_id = step(queue, current, -1), step(queue, current, 1)
     todo = s.review_queue(run.id, order, pair_ids=queue, unreviewed_only=True, annotator=seen_by)
     with st.container(horizontal=True, vertical_alignment="center"):
         st.button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
@@ -165,7 +166,7 @@ def review_pane() -> None:
             "Next unreviewed",
             shortcut="U",
             on_click=go,
-            args=(explore.next_unreviewed(queue, current, todo),),
+            args=(next_unreviewed(queue, current, todo),),
             disabled=not todo or todo == [current],
         )
         st.toggle("Go to the next pair after each action", value=True, key="review_advance")
@@ -183,7 +184,7 @@ def review_pane() -> None:
     m = st.columns(6)
     m[0].metric("Pair", f"{pos + 1:,} of {len(queue):,}", help=f"Pair id {current}")
     m[1].metric("Computed margin", f"{value:.3f}")
-    m[2].metric("Percentile", f"{explore.percentile_of(margins.to_numpy(), value):.0f}")
+    m[2].metric("Percentile", f"{views.percentile_of(margins.to_numpy(), value):.0f}")
     m[3].metric(
         "Reviewed margin",
         "hidden" if hidden else "—" if shown is None else f"{shown:.3f}",

@@ -1,7 +1,7 @@
 """Benchmark: the block embedding cache against the row cache it replaced (issue 15).
 
 A new direction on cached embeddings runs no forward pass: its margins come from the
-projection pass of ``pipeline.annotate_dataset`` (read the cached vectors of a space,
+projection pass of ``annotate.annotate_dataset`` (read the cached vectors of a space,
 project each, keep one float per text). Measured here, on SQLite files, 576 dimensions,
 float16 vectors in blocks of 512 (what ``annotate_dataset`` writes: one block per chunk of
 256 pairs):
@@ -255,8 +255,8 @@ def big_run(n_pairs: int, repeats: int) -> dict[str, Any]:
 def annotate_steps(store: Any, dataset_id: int, direction_id: int) -> dict[str, float]:
     """The steps of ``annotate_dataset`` for a cached data set, each timed once."""
     from legend_core.data.store import EmbeddingSpace
-    from legend_core.method.pipeline import run_settings
     from legend_core.util import text_key
+    from legend_core.workflows.annotate import run_settings
 
     direction = store.get_direction(direction_id)
     settings = run_settings(direction, "float32")
@@ -332,8 +332,8 @@ def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
 
     from legend_core.data.store import Store
     from legend_core.method.directions import Direction
-    from legend_core.method.pipeline import annotate_dataset
     from legend_core.util import text_key
+    from legend_core.workflows.annotate import annotate_dataset
 
     with tempfile.TemporaryDirectory(prefix="legend-cache-bench-") as tmp:
         folder = Path(tmp)

@@ -124,7 +124,8 @@ def _speed(texts: int, tokens: int, wall: float, cpu: float) -> dict[str, float]
 
 def run(quick: bool = False) -> dict[str, Any]:
     from bench.reference import ReferenceEncoder, reference_folder
-    from legend_core.method.encode import EncodeSettings, encode, encode_pairs, tokenize
+    from legend_core.method.encode import EncodeSettings, encode, tokenize
+    from legend_core.method.packing import encode_pairs
 
     print("== encoder: ours against the paper's reference method ==")
     info = print_machine()

@@ -45,7 +45,7 @@ def block_linear_shapes(lm: Any) -> list[tuple[int, int]]:
 
 def count_flops(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_widths: list[tuple[int, int]]):
     """Executed, as-computed and text-equivalent FLOPs of ``encode_pairs`` on these pairs."""
-    from legend_core.method.encode import _common_prefix
+    from legend_core.method.packing import _common_prefix
 
     cfg = lm.model.config
     layers = lm.num_layers
@@ -85,7 +85,8 @@ def count_flops(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_widths: list[
 
 def packed_batches(lm: Any, tok_c: list[Any], tok_r: list[Any], batch_tokens: int, max_batch: int):
     """(rows, width) of each batch ``encode_pairs`` runs, by its own batching rule."""
-    from legend_core.method.encode import _common_prefix, length_batches
+    from legend_core.method.encode import length_batches
+    from legend_core.method.packing import _common_prefix
 
     packed = []
     for c, r in zip(tok_c, tok_r):

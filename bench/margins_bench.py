@@ -6,7 +6,7 @@ layer, pooling and template reuses them). Two measurements:
 - **in memory**: ``legend_core.method.margins.margins`` on (100,000 x 576) float32 arrays, as the
   cache hands them out; baseline in the same run: the paper's loop, one pair at a time,
   ``(pred1 - pred2).dot(SV) / norm(SV)`` (their ``annotation.py``).
-- **from the database**: ``pipeline.annotate_dataset`` for a new direction on a stored data
+- **from the database**: ``annotate.annotate_dataset`` for a new direction on a stored data
   set whose embeddings are all cached (read keys, fetch vectors, project, store margins).
   A stand-in model object carries only the name and fingerprint: any forward pass would
   fail, which proves none runs. This one needs a database of N pairs and 2N cached vectors,
@@ -51,9 +51,9 @@ def from_database(n: int) -> dict[str, Any]:
     """Build a store with ``n`` pairs and their cached embeddings; time a new direction's run."""
     from legend_core.data.store import EmbeddingSpace, Store
     from legend_core.method.directions import Direction
-    from legend_core.method.pipeline import annotate_dataset
     from legend_core.types import PreferencePair
     from legend_core.util import text_key
+    from legend_core.workflows.annotate import annotate_dataset
 
     fingerprint, layer = "bench:0", 15
     with tempfile.TemporaryDirectory(prefix="legend-bench-") as tmp:

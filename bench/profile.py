@@ -98,7 +98,8 @@ def call_tree(run: Any) -> str:
 def run(quick: bool = False) -> dict[str, Any]:
     import torch
 
-    from legend_core.method.encode import EncodeSettings, encode_pairs
+    from legend_core.method.encode import EncodeSettings
+    from legend_core.method.packing import encode_pairs
 
     print("== profile: the encoder's forward pass ==")
     threads = torch.get_num_threads()

@@ -4,7 +4,7 @@
 small machine it can only add the cost of starting Ray and loading a model replica per
 actor. This measures that cost honestly: the first 128 HH-RLHF dev pairs, the default model
 in float32, a direction at layer 15, margins written to a fresh SQLite store by
-``pipeline.annotate_dataset`` with the local engine, then with the Ray engine and 1 and 2
+``annotate.annotate_dataset`` with the local engine, then with the Ray engine and 1 and 2
 CPU actors (one CPU each). The Ray times include starting the actors, as a user waits for
 them; the first Ray run also includes starting Ray itself.
 
@@ -28,7 +28,7 @@ LAYER = 15
 def annotate(store_path: Path, pairs: list[Any], direction: Any, engine: Any = None) -> Any:
     """Margins of ``pairs`` in a fresh store: (margins in input order, wall s, CPU s)."""
     from legend_core.data.store import Store
-    from legend_core.method.pipeline import annotate_dataset
+    from legend_core.workflows.annotate import annotate_dataset
 
     store = Store(f"sqlite:///{store_path}")
     dataset_id = store.add_dataset("bench", pairs)

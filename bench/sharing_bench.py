@@ -34,7 +34,8 @@ def main() -> None:
     info = print_machine()
 
     from legend_core.method import model_lock
-    from legend_core.method.encode import _Capture, encode_pairs, packing_verified
+    from legend_core.method.encode import _Capture
+    from legend_core.method.packing import encode_pairs, packing_verified
 
     lm = model()
     pairs = hh_pairs(n)

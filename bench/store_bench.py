@@ -6,13 +6,14 @@ a fresh interpreter so that its time and peak memory are its own:
 
 1. **import**: ``Store.import_file`` (parse, check, insert) into a new SQLite file;
 2. **margins**: a direction and a margin run with a margin for every pair (``add_margins``);
-3. **review queue**: 500 reviews on the front of the queue, then ``next_pair`` (the review
-   page's "next pair" query) timed many times, from the start and from a given pair;
+3. **review queue**: 500 reviews on the front of the queue, then what the Review page runs
+   for each pair it shows (``review_queue``, ``review_counts``, the unreviewed rest of the
+   queue) timed many times, together and one by one;
 4. **export**: ``export_dataset`` to JSONL and to Parquet (TRL-ready rows + manifest).
 
 Baselines, in the same run: the file parsed with ``json.loads`` and inserted with bare
 ``sqlite3.executemany`` into a table without indexes (the floor for an import), the bare
-``SELECT ... ORDER BY value LIMIT 1`` on the same database, and ``json.dumps`` of the
+``SELECT ... ORDER BY value`` of the whole queue on the same database, and ``json.dumps`` of the
 rows fetched with bare ``sqlite3`` (the floor for an export).
 
 ``python -m bench.store_bench [--pairs N]``; results in ``bench/out/store.json``.
@@ -169,16 +170,24 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
                 "max_ms": 1000 * samples[-1],
             }
 
-        middle = front[-1]
+        def page_step() -> None:
+            # What app_pages/review.py runs for each pair it shows (whole run, default order).
+            queue = store.review_queue(run_id)
+            store.review_counts(run_id)
+            store.review_queue(run_id, pair_ids=queue, unreviewed_only=True)
+
         con = sqlite3.connect(db)
-        bare_sql = "SELECT pair_id FROM margins WHERE run_id = ? ORDER BY value, pair_id LIMIT 1"
+        bare_sql = "SELECT pair_id FROM margins WHERE run_id = ? ORDER BY value, pair_id"
         out = {
             "reviews": len(front),
-            "next_pair_first_unreviewed": timings(lambda: store.next_pair(run_id)),
-            "next_pair_after_a_pair": timings(lambda: store.next_pair(run_id, middle)),
-            "next_pair_index_order": timings(lambda: store.next_pair(run_id, order="index")),
+            "review_page_step": timings(page_step),
+            "review_queue": timings(lambda: store.review_queue(run_id)),
+            "review_queue_unreviewed": timings(
+                lambda: store.review_queue(run_id, unreviewed_only=True)
+            ),
+            "review_queue_index_order": timings(lambda: store.review_queue(run_id, order="index")),
             "review_counts": timings(lambda: store.review_counts(run_id)),
-            "baseline_bare_sql_first": timings(lambda: con.execute(bare_sql, (run_id,)).fetchone()),
+            "baseline_bare_sql_queue": timings(lambda: con.execute(bare_sql, (run_id,)).fetchall()),
         }
         con.close()
         return {"step": step, **out}
@@ -289,11 +298,12 @@ def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
             fmt(rev[name]["max_ms"]),
         ]
         for name in (
-            "next_pair_first_unreviewed",
-            "next_pair_after_a_pair",
-            "next_pair_index_order",
+            "review_page_step",
+            "review_queue",
+            "review_queue_unreviewed",
+            "review_queue_index_order",
             "review_counts",
-            "baseline_bare_sql_first",
+            "baseline_bare_sql_queue",
         )
     ]
     print(f"review queue ({rev['reviews']} reviewed at its front), {QUERY_REPEATS} calls each:")
@@ -307,7 +317,7 @@ def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
         "import_seconds": imp["seconds"],
         "import_peak_rss_mib": imp["peak_rss_mib"],
         "import_rss_before_mib": imp["rss_before_mib"],
-        "next_pair_median_ms": rev["next_pair_first_unreviewed"]["median_ms"],
+        "review_step_median_ms": rev["review_page_step"]["median_ms"],
     }
     write_result("store", result)
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -27,3 +27,18 @@ class ContrastItem:
     instruction: str
     harmful: str
     harmless: str
+
+
+class TextPair(Protocol):
+    """Anything with a preference pair's three texts: a :class:`PreferencePair`, a stored
+    pair (``data.store.PairText``), a row of a table. The method reads pairs through this,
+    so it never names the store's records."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def chosen(self) -> str: ...
+
+    @property
+    def rejected(self) -> str: ...

@@ -1,4 +1,5 @@
-"""Small helpers every layer uses: slicing into chunks and the project's content hashes.
+"""Small helpers every layer uses: slicing into chunks, the project's content hashes, and
+plain-text tables.
 
 The hashes are part of stored data (cache keys, pair identities, direction provenance):
 changing one orphans what was stored with it, so each is defined once, here.
@@ -7,9 +8,10 @@ changing one orphans what was stored with it, so each is defined once, here.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -44,3 +46,26 @@ def pair_hash(prompt: str, chosen: str, rejected: str) -> str:
     """Hex SHA-256 of a pair's three texts: finds duplicates across imports, and lets a
     learned direction recognise its own training pairs in a file or a stored data set."""
     return hashlib.sha256(f"{prompt}\x1f{chosen}\x1f{rejected}".encode()).hexdigest()
+
+
+def format_table(rows: Sequence[dict[str, Any]], percent: Sequence[str] = ()) -> str:
+    """Rows of dicts as an aligned plain-text table; ``percent`` columns shown as %."""
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+
+    def cell(key: str, value: Any) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return "n/a"
+            return f"{value:.1%}" if key in percent else f"{value:.4g}"
+        return str(value)
+
+    table = [[cell(k, row.get(k, "")) for k in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += [
+        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        for r in table
+    ]
+    return "\n".join(lines)

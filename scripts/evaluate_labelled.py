@@ -14,8 +14,8 @@ Stages (results as JSON under ``CACHE/results``):
     estimators   probe variants: nested CV on the tune half (the choice), then fitted on the
                  tune half and scored on the test half
     layer-rule   free layer vs contrastive layer vs the 2-SE switch, on the tune half alone
-    final        the chosen procedure (``labelled.learn_direction``): test half, all 1156
-                 labels (nested, cross-fitted, in-sample) and the learning curve
+    final        the chosen procedure (``learned_direction.learn_direction``): test half,
+                 all 1156 labels (nested, cross-fitted, in-sample) and the learning curve
     fallback     falling back to the contrastive direction when labels do not clearly help
     reward       reward-model check: contrastive vs learned margins, shuffled controls
 
@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-# Small fits: one BLAS thread each (see labelled.single_threaded); set before numpy loads.
+# Small fits: one BLAS thread each (see probe.single_threaded); set before numpy loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -51,11 +51,24 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from evaluate_defaults import demo_contrast, dev_split, hh_pairs  # noqa: E402
 
-from legend_core.method import labelled as lab  # noqa: E402
+from legend_core.method.label_agreement import agreement_interval, agreement_scores  # noqa: E402
+from legend_core.method.label_quality import length_split, safer_longer  # noqa: E402
+from legend_core.method.learned_direction import learn_direction  # noqa: E402
+from legend_core.method.probe import (  # noqa: E402
+    DEFAULT_CS,
+    ProbeSettings,
+    best_candidate,
+    choose_candidate,
+    cv_candidates,
+    fit_probe,
+    kfold_ids,
+    length_basis,
+    length_features,
+)
 
 CHUNK = 96
 LAYERS = list(range(1, 31))
-PROBE = lab.ProbeSettings(0.01, prior_weight=1.0, debias_length=True)
+PROBE = ProbeSettings(0.01, prior_weight=1.0, debias_length=True)
 FREE_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # the estimators stage (before the 1e-6)
 ESTIMATORS = {
     "plain": ("single", 0.0, False, False),
@@ -77,8 +90,9 @@ def encode(cache: Path) -> None:
     """Every layer of the dev pairs and of the demo contrastive set, in resumable chunks."""
     import torch
 
-    from legend_core.method.encode import EncodeSettings, encode_pairs
+    from legend_core.method.encode import EncodeSettings
     from legend_core.method.models import load_model
+    from legend_core.method.packing import encode_pairs
 
     torch.set_num_threads(2)
     lm = load_model("default")
@@ -144,8 +158,8 @@ class Data:
         self.tune, self.test = split["tune"], split["test"]
         self.clen = np.array([len(p.chosen) for p in pairs])
         self.rlen = np.array([len(p.rejected) for p in pairs])
-        self.longer = lab.safer_longer(self.clen, self.rlen)
-        self.lengths = lab.length_features(self.clen, self.rlen)
+        self.longer = safer_longer(self.clen, self.rlen)
+        self.lengths = length_features(self.clen, self.rlen)
         self.harmless = np.load(cache / "demo_a.npy").astype(np.float32)
         self.harmful = np.load(cache / "demo_b.npy").astype(np.float32)
         self.contrast_tokens = np.load(cache / "demo_tokens.npy")
@@ -184,12 +198,12 @@ class Data:
 
 
 def agree(values: np.ndarray) -> float:
-    return float(lab.agreement_scores(values).mean())
+    return float(agreement_scores(values).mean())
 
 
 def split_numbers(m: np.ndarray, longer: np.ndarray) -> dict[str, list[float]]:
-    iv = lab.agreement_interval(m, seed=1)
-    shorter, longer_iv = lab.length_split(m, longer, seed=1)
+    iv = agreement_interval(m, seed=1)
+    shorter, longer_iv = length_split(m, longer, seed=1)
     return {
         "agreement": [iv.estimate, iv.low, iv.high, iv.n],
         "safer_shorter": [shorter.estimate, shorter.low, shorter.high, shorter.n],
@@ -210,7 +224,7 @@ def stage_contrastive(data: Data) -> None:
         row["test_longer"] = agree(m[data.test][data.longer[data.test] > 0])
         # Label-free length projections: the contrastive set's own length directions, and
         # those of the unlabelled dev pairs.
-        basis = lab.length_basis(data.d(q.layer), data.lengths)
+        basis = length_basis(data.d(q.layer), data.lengths)
         u = v - basis @ (basis.T @ v)
         mt = data.d(q.layer) @ (u / np.linalg.norm(u))
         row["unlabelled_projection_test"] = agree(mt[data.test])
@@ -246,9 +260,9 @@ def stage_estimators(data: Data) -> None:
     vectors, *_ = data.contrastive()
     out = {}
     for name, (kind, prior, debias, balance) in ESTIMATORS.items():
-        settings = lab.ProbeSettings(0.01, prior, debias, balance)
+        settings = ProbeSettings(0.01, prior, debias, balance)
         priors = vectors if prior and kind == "single" else None
-        tune = lab.learn_direction(
+        tune = learn_direction(
             _features(data, kind, data.tune),
             settings,
             FREE_CS,
@@ -280,23 +294,23 @@ def stage_layer_rule(data: Data) -> None:
             pool, held = perm[:289], perm[289:]
             rows = np.sort(np.random.default_rng(100 + rep).choice(pool, size, replace=False))
             by_layer = {k: data.d(k, rows) for k in LAYERS}
-            cands = lab.cv_candidates(
+            cands = cv_candidates(
                 by_layer,
-                lab.kfold_ids(size, 5, 0),
+                kfold_ids(size, 5, 0),
                 PROBE,
-                lab.DEFAULT_CS,
+                DEFAULT_CS,
                 vectors,
                 data.lengths[rows],
                 data.longer[rows],
             )
             picks = {
-                "free": lab.best_candidate(cands),
-                "contrastive layer": lab.best_candidate([c for c in cands if c.layer == c_layer]),
-                "2-SE switch": lab.choose_candidate(cands, c_layer),
+                "free": best_candidate(cands),
+                "contrastive layer": best_candidate([c for c in cands if c.layer == c_layer]),
+                "2-SE switch": choose_candidate(cands, c_layer),
             }
             for rule, c in picks.items():
-                settings = lab.ProbeSettings(c.c, 1.0, True)
-                fit = lab.fit_probe(
+                settings = ProbeSettings(c.c, 1.0, True)
+                fit = fit_probe(
                     by_layer[c.layer],
                     settings,
                     vectors[c.layer],
@@ -311,10 +325,10 @@ def stage_layer_rule(data: Data) -> None:
 
 def _learn(data: Data, rows: np.ndarray, vectors: dict, c_layer: int, nested: bool):
     start = time.time()
-    learned = lab.learn_direction(
+    learned = learn_direction(
         {k: data.d(k, rows) for k in LAYERS},
         PROBE,
-        lab.DEFAULT_CS,
+        DEFAULT_CS,
         vectors,
         data.lengths[rows],
         data.longer[rows],
@@ -325,7 +339,11 @@ def _learn(data: Data, rows: np.ndarray, vectors: dict, c_layer: int, nested: bo
 
 
 def stage_final(data: Data) -> None:
-    from legend_core.evaluation import evaluate as ev
+    from legend_core.method.label_agreement import (
+        paired_difference,
+        random_baseline,
+        shorter_is_safer,
+    )
 
     vectors, _, old, c_layer = data.contrastive()
     out: dict[str, object] = {"contrastive_layer": c_layer, "old_rule_layer": old}
@@ -337,7 +355,7 @@ def stage_final(data: Data) -> None:
     np.save(data.results / "learned_vector.npy", learned.vector)
     m_cv = data.d(c_layer, data.test) @ vectors[c_layer].astype(np.float64)
     m_old = data.d(old, data.test) @ vectors[old].astype(np.float64)
-    length = ev.shorter_is_safer(data.clen[data.test], data.rlen[data.test])
+    length = shorter_is_safer(data.clen[data.test], data.rlen[data.test])
     out["test"] = {
         "learned": split_numbers(m_learned, test_longer),
         "contrastive": split_numbers(m_cv, test_longer),
@@ -345,9 +363,9 @@ def stage_final(data: Data) -> None:
         "shorter_is_safer": split_numbers(length, test_longer)["agreement"],
     }
     for name, other in (("contrastive", m_cv), ("contrastive_old_rule", m_old), ("length", length)):
-        d = ev.paired_difference(m_learned, other, seed=2)
+        d = paired_difference(m_learned, other, seed=2)
         out["test"][f"learned_minus_{name}"] = [d.estimate, d.low, d.high]
-    rb = ev.random_baseline(
+    rb = random_baseline(
         data.chosen[data.test, learned.layer], data.rejected[data.test, learned.layer], 500, 1
     )
     out["test"]["random"] = [rb.mean, rb.low, rb.high]
@@ -396,19 +414,19 @@ def stage_fallback(data: Data) -> None:
             pool, held = perm[:289], perm[289:]
             rows = np.sort(np.random.default_rng(100 + rep).choice(pool, size, replace=False))
             by_layer = {k: data.d(k, rows) for k in LAYERS}
-            cands = lab.cv_candidates(
+            cands = cv_candidates(
                 by_layer,
-                lab.kfold_ids(size, 5, 0),
+                kfold_ids(size, 5, 0),
                 PROBE,
-                lab.DEFAULT_CS,
+                DEFAULT_CS,
                 vectors,
                 data.lengths[rows],
                 data.longer[rows],
             )
-            c = lab.choose_candidate(cands, c_layer)
-            fit = lab.fit_probe(
+            c = choose_candidate(cands, c_layer)
+            fit = fit_probe(
                 by_layer[c.layer],
-                lab.ProbeSettings(c.c, 1.0, True),
+                ProbeSettings(c.c, 1.0, True),
                 vectors[c.layer],
                 data.lengths[rows],
                 data.longer[rows],
@@ -416,7 +434,7 @@ def stage_fallback(data: Data) -> None:
             prior = vectors[c_layer].astype(np.float64)
             m_learned = agree(data.d(c.layer, held) @ fit.vector.astype(np.float64))
             m_prior = agree(data.d(c_layer, held) @ prior)
-            diff = lab.agreement_scores(c.margins) - lab.agreement_scores(by_layer[c_layer] @ prior)
+            diff = agreement_scores(c.margins) - agreement_scores(by_layer[c_layer] @ prior)
             switch = diff.mean() > 2 * diff.std(ddof=1) / np.sqrt(len(diff))
             scores["learned"].append(m_learned)
             scores["contrastive"].append(m_prior)
@@ -427,7 +445,7 @@ def stage_fallback(data: Data) -> None:
 
 
 def stage_reward(data: Data) -> None:
-    from legend_core.evaluation import evaluate as ev
+    from legend_core.evaluation.reward_check import RewardSettings, reward_model_check
 
     vectors, _, old, c_layer = data.contrastive()
     path = data.results / "learned_vector.npy"
@@ -447,8 +465,8 @@ def stage_reward(data: Data) -> None:
         for head in ("linear", "mlp"):
             for name, (layer, vector) in sources.items():
                 margins = data.d(layer, rows) @ np.asarray(vector, dtype=np.float64)
-                settings = ev.RewardSettings(head=head, lam=1.0, seeds=10, margin_scale="rms")
-                check = ev.reward_model_check(xc, xr, margins, settings)
+                settings = RewardSettings(head=head, lam=1.0, seeds=10, margin_scale="rms")
+                check = reward_model_check(xc, xr, margins, settings)
                 key = f"head on layer {head_layer} | {head} | {name}"
                 out[key] = {
                     "variants": {k: v.mean for k, v in check.variants.items()},

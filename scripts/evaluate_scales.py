@@ -11,7 +11,7 @@ Stages:
 
     encode   load the demo (our contrastive set, the app's default direction), store the
              two halves as data sets and compute their margins through
-             ``pipeline.annotate_dataset`` (bfloat16 on CPU, as EVALUATION.md); embeddings
+             ``annotate.annotate_dataset`` (bfloat16 on CPU, as EVALUATION.md); embeddings
              land in the store's cache
     report   for each half and each scale: ``exports.export_dataset`` writes a JSONL file
              (the CLI's own export path, default filters), the file is read back, each row's
@@ -50,7 +50,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from evaluate_defaults import HH_DEV, dev_split, hh_pairs  # noqa: E402
 
-from legend_core.evaluation import evaluate as ev  # noqa: E402
+from legend_core.evaluation.reward_check import (  # noqa: E402
+    RewardSettings,
+    pair_accuracy,
+    train_reward_head,
+)
+from legend_core.method.directions import split_indices  # noqa: E402
 from legend_core.method.margins import SCALES  # noqa: E402
 
 HALVES = ("tune", "test")
@@ -68,7 +73,7 @@ def encode(work: Path, dtype: str, threads: int) -> int:
     import torch
 
     from legend_core.method.models import load_model
-    from legend_core.method.pipeline import annotate_dataset
+    from legend_core.workflows.annotate import annotate_dataset
     from legend_core.workflows.demo import load_demo
 
     torch.set_num_threads(threads)
@@ -134,11 +139,11 @@ def check(
     chosen: np.ndarray,
     rejected: np.ndarray,
     margins: dict[str, np.ndarray],
-    settings: ev.RewardSettings,
+    settings: RewardSettings,
 ) -> dict[str, list[float]]:
     """Held-out accuracy per seed of the plain head and of each scale and its control.
 
-    Same protocol as ``evaluate.reward_model_check`` (a seeded split per seed, features
+    Same protocol as ``reward_check.reward_model_check`` (a seeded split per seed, features
     standardized on the training pairs, all heads from the same initial weights), but the
     margins are the exported ones, used as they are (λ = 1, TRL's loss).
     """
@@ -150,19 +155,19 @@ def check(
         out[f"{scale} shuffled"] = []
     torch.set_num_threads(1)
     for seed in range(settings.seeds):
-        train, test = ev.split_pairs(len(chosen), settings.test_fraction, seed)
+        train, test = split_indices(len(chosen), settings.test_fraction, seed)
         both = np.concatenate([chosen[train], rejected[train]])
         mean, sd = both.mean(0), both.std(0) + 1e-6
         xc, xr = (chosen[train] - mean) / sd, (rejected[train] - mean) / sd
         tc = torch.as_tensor((chosen[test] - mean) / sd)
         tr = torch.as_tensor((rejected[test] - mean) / sd)
         order = np.random.default_rng(10_000 + seed).permutation(len(train))
-        head = ev.train_reward_head(xc, xr, None, settings, seed)
-        out["plain"].append(ev._pair_accuracy(head, tc, tr))
+        head = train_reward_head(xc, xr, None, settings, seed)
+        out["plain"].append(pair_accuracy(head, tc, tr))
         for scale, m in margins.items():
             for name, values in ((scale, m[train]), (f"{scale} shuffled", m[train][order])):
-                head = ev.train_reward_head(xc, xr, values, settings, seed)
-                out[name].append(ev._pair_accuracy(head, tc, tr))
+                head = train_reward_head(xc, xr, values, settings, seed)
+                out[name].append(pair_accuracy(head, tc, tr))
     return out
 
 
@@ -231,7 +236,7 @@ def report(work: Path, seeds: int, heads: Sequence[str], halves: Sequence[str]) 
         )
         results[half] = {"n": len(raw), "manifest_margin": manifests, "heads": {}}
         for head in heads:
-            settings = ev.RewardSettings(head=head, lam=1.0, seeds=seeds)
+            settings = RewardSettings(head=head, lam=1.0, seeds=seeds)
             t0 = time.time()
             acc = check(chosen, rejected, margins, settings)
             rows = summary(acc)

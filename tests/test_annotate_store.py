@@ -14,8 +14,9 @@ import pytest
 from legend_core import config
 from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import Store
-from legend_core.method.pipeline import annotate_dataset, build_direction, local_engine
+from legend_core.method.pipeline import build_direction, local_engine
 from legend_core.types import PreferencePair
+from legend_core.workflows.annotate import annotate_dataset
 from tests.conftest import ROOT
 
 

@@ -17,7 +17,8 @@ from legend_core import config
 from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import Store
 from legend_core.method.models import load_model
-from legend_core.method.pipeline import annotate_dataset, build_direction
+from legend_core.method.pipeline import build_direction
+from legend_core.workflows.annotate import annotate_dataset
 from tests import app_support as support
 from tests.conftest import ROOT
 from tests.test_annotate_store import synthetic_pairs

@@ -66,8 +66,8 @@ def test_lab_asks_for_a_build_before_learning_from_a_data_set(monkeypatch, tmp_p
 
 
 def test_evaluate_page_says_when_margins_are_cross_fitted(monkeypatch, tmp_path):
-    from legend_core.method.pipeline import annotate_dataset
     from legend_core.workflows import learning
+    from legend_core.workflows.annotate import annotate_dataset
 
     url, (store, dataset_id, run_id, ids, safer, *_rest) = _db(tmp_path)
     _review(store, run_id, ids, safer, range(40))

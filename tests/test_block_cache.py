@@ -20,14 +20,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from legend_core.data import block_cache
 from legend_core.data.migrations import alembic_config
 from legend_core.data.schema import Base
 from legend_core.data.store import EmbeddingSpace, Store, make_engine
+from legend_core.data.store import blocks as block_cache
 from legend_core.method.directions import Direction
 from legend_core.method.margins import projections
-from legend_core.method.pipeline import annotate_dataset, run_settings
 from legend_core.util import text_key
+from legend_core.workflows.annotate import annotate_dataset, run_settings
 from tests.conftest import ROOT
 from tests.test_annotate_store import synthetic_pairs
 from tests.test_migrations import revision_of, upgrade_to

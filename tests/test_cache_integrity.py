@@ -11,8 +11,9 @@ import pytest
 from legend_core import config
 from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import EmbeddingSpace, Store
-from legend_core.method.pipeline import annotate_dataset, build_direction, local_engine
+from legend_core.method.pipeline import build_direction, local_engine
 from legend_core.util import text_key
+from legend_core.workflows.annotate import annotate_dataset
 from tests.test_annotate_store import synthetic_pairs
 from tests.test_store import fresh_db_url
 
@@ -91,7 +92,7 @@ def test_zero_vectors_cached_by_an_older_version_are_encoded_again(
             {**_settings(direction), "model_dtype": tiny_lm.dtype_name}
         )
         pairs = synthetic_pairs(40)
-        from legend_core.data.block_cache import insert_block
+        from legend_core.data.store.blocks import insert_block
 
         other.put_embeddings(run_settings_space, {text_key("x", "y"): np.ones(32)})
         space_id = other.counts()["embedding_spaces"]
@@ -104,6 +105,6 @@ def test_zero_vectors_cached_by_an_older_version_are_encoded_again(
 
 
 def _settings(direction):
-    from legend_core.method.pipeline import run_settings
+    from legend_core.workflows.annotate import run_settings
 
     return {k: v for k, v in run_settings(direction, "").items() if k != "model_dtype"}

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from legend_core.cli import main
-from legend_core.data.formats import (
-    DEFAULT_MAX_BYTES,
-    FormatError,
-    data_file_stem,
-    read_contrast_set,
-    read_pairs,
-)
+from legend_core.data.files import DEFAULT_MAX_BYTES, data_file_stem
+from legend_core.data.formats import FormatError, read_contrast_set, read_pairs
 from legend_core.data.store import Store
 from legend_core.types import PreferencePair
 from tests.conftest import HH_DEV

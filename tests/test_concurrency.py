@@ -73,7 +73,7 @@ def test_eight_threads_write_reviews_at_once(tmp_path: Path) -> None:
             try:
                 barrier.wait()
                 for _ in range(30):
-                    store.next_pair(run_id)
+                    store.review_queue(run_id, unreviewed_only=True)
                     store.review_counts(run_id)
                     store.run_frame(run_id)
             except Exception:
@@ -242,7 +242,8 @@ def test_mixed_load_keeps_every_review_and_exact_margins(tmp_path: Path, tiny_lm
     from legend_core import config
     from legend_core.app.jobs import JobRegistry
     from legend_core.data.formats import read_contrast_set
-    from legend_core.method.pipeline import annotate_dataset, build_direction
+    from legend_core.method.pipeline import build_direction
+    from legend_core.workflows.annotate import annotate_dataset
     from tests.test_annotate_store import synthetic_pairs
 
     items = read_contrast_set(config.DEMO_CONTRAST)[:24]

@@ -8,7 +8,8 @@ import pytest
 from legend_core import config
 from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import Store
-from legend_core.method.pipeline import annotate_dataset, build_direction
+from legend_core.method.pipeline import build_direction
+from legend_core.workflows.annotate import annotate_dataset
 from tests.test_annotate_store import CountingEngine, synthetic_pairs
 
 ray = pytest.importorskip("ray")

@@ -129,7 +129,7 @@ def test_bad_settings_and_layers(tiny_lm):
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
 @pytest.mark.parametrize("max_length", [512, 40])
 def test_shared_prompt_pass_equals_separate_passes(tiny_lm, template, pooling, max_length):
-    from legend_core.method.encode import encode_pairs
+    from legend_core.method.packing import encode_pairs
 
     prompts = PROMPTS + ["x " * 100]
     chosen = RESPONSES + ["ok fine"]
@@ -168,7 +168,7 @@ def eager_lm(tiny_model_dir):
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
 def test_packed_pairs_with_eager_attention_equal_separate_passes(eager_lm, pooling):
-    from legend_core.method.encode import encode_pairs
+    from legend_core.method.packing import encode_pairs
 
     settings = EncodeSettings(pooling=pooling)
     args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
@@ -181,16 +181,21 @@ def test_packed_pairs_with_eager_attention_equal_separate_passes(eager_lm, pooli
 
 
 def test_pairs_fall_back_to_separate_passes_without_a_custom_mask(tiny_lm, monkeypatch):
-    import legend_core.method.encode as enc
+    import legend_core.method.packing as packing
 
     settings = EncodeSettings(pooling="mean")
     args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
-    packed = enc.encode_pairs(tiny_lm, *args, settings=settings)
-    monkeypatch.setattr(enc, "PACKING_ATTENTION", ())
+    packed = packing.encode_pairs(tiny_lm, *args, settings=settings)
+    monkeypatch.setattr(packing, "PACKING_ATTENTION", ())
+    # The session's model has passed its packing check already; forget the verdict so the
+    # check runs again and sees an attention that takes no custom mask.
+    monkeypatch.setattr(tiny_lm, "packing", None)
+    monkeypatch.setattr(tiny_lm, "packing_note", "")
     seen = []
-    c, r = enc.encode_pairs(
+    c, r = packing.encode_pairs(
         tiny_lm, *args, settings=settings, progress=lambda d, t: seen.append((d, t))
     )
+    assert tiny_lm.packing is False  # the fallback ran
     assert seen[-1] == (len(PAIR_PROMPTS), len(PAIR_PROMPTS))
     for layer in c.vectors:
         np.testing.assert_allclose(c.vectors[layer], packed[0].vectors[layer], atol=1e-5)
@@ -201,13 +206,13 @@ def test_pairs_run_each_prompt_once_in_one_pass_per_batch(tiny_lm):
     """The prompt is shared and padding stays small, also when long prompts come with short
     responses and short prompts with long ones (a key/value-cache design that pads prompts
     and responses apart ran 1.8x the tokens needed here)."""
-    from legend_core.method.encode import _common_prefix, encode_pairs
+    from legend_core.method.packing import _common_prefix, encode_pairs
 
     settings = EncodeSettings(template="plain")
     prompts = [f"question {'x ' * (4 + 6 * i)}" for i in range(12)]
     chosen = [f"answer {'y ' * (40 - 3 * i)}" for i in range(12)]
     rejected = [f"no {'z ' * (38 - 3 * i)}" for i in range(12)]
-    from legend_core.method.encode import packing_verified
+    from legend_core.method.packing import packing_verified
 
     assert packing_verified(tiny_lm)  # the once-per-model check runs its own passes
     calls = []
@@ -254,7 +259,7 @@ def other_lm(request, tmp_path_factory):
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_packed_pairs_equal_separate_passes_on_other_architectures(other_lm, pooling):
-    from legend_core.method.encode import encode_pairs, packing_verified
+    from legend_core.method.packing import encode_pairs, packing_verified
 
     assert packing_verified(other_lm), other_lm.packing_note
     settings = EncodeSettings(pooling=pooling)
@@ -270,8 +275,8 @@ def test_packed_pairs_equal_separate_passes_on_other_architectures(other_lm, poo
 def test_a_model_that_ignores_the_packed_mask_gets_separate_passes(tiny_model_dir, ignores):
     """Such a model would let the rejected tail see the chosen tail: the self-check finds it
     once, says so, and every later call encodes the two responses apart."""
-    from legend_core.method.encode import encode_pairs, packing_verified
     from legend_core.method.models import load_model
+    from legend_core.method.packing import encode_pairs, packing_verified
 
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
     forward = lm.model.forward
@@ -292,8 +297,8 @@ def test_a_model_that_ignores_the_packed_mask_gets_separate_passes(tiny_model_di
 
 
 def test_flash_attention_is_not_packed(tiny_model_dir):
-    from legend_core.method.encode import packing_verified
     from legend_core.method.models import load_model
+    from legend_core.method.packing import packing_verified
 
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
     lm.model.config._attn_implementation = "flash_attention_2"
@@ -301,12 +306,97 @@ def test_flash_attention_is_not_packed(tiny_model_dir):
     assert "flash_attention_2" in lm.packing_note
 
 
+def _count_passes(lm):
+    """A list that gets one entry per forward pass of ``lm``'s model, and its hook."""
+    calls: list[tuple] = []
+    hook = lm.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    return calls, hook
+
+
+@pytest.mark.parametrize("template", ["alpaca", "chat", "plain"])
+def test_several_poolings_from_one_pass_equal_single_pooling_calls(tiny_lm, template):
+    """The evaluation sweep reads every pooling from one pass: bit for bit what one call per
+    pooling gives, in as many forward passes as one such call."""
+    from dataclasses import replace
+
+    from legend_core.method.encode import POOLINGS, encode_poolings
+
+    settings = EncodeSettings(template=template, max_length=40)
+    prompts, responses = PAIR_PROMPTS, PAIR_CHOSEN
+    calls, hook = _count_passes(tiny_lm)
+    try:
+        many = encode_poolings(
+            tiny_lm, prompts, responses, POOLINGS, settings=settings, batch_tokens=100
+        )
+        passes = len(calls)
+        for pooling in POOLINGS:
+            calls.clear()
+            one = replace(settings, pooling=pooling)
+            alone = encode(tiny_lm, prompts, responses, settings=one, batch_tokens=100)
+            assert len(calls) == passes > 1
+            assert list(many[pooling].vectors) == list(alone.vectors)
+            for layer, vectors in alone.vectors.items():
+                np.testing.assert_array_equal(many[pooling].vectors[layer], vectors)
+            np.testing.assert_array_equal(many[pooling].n_tokens, alone.n_tokens)
+            np.testing.assert_array_equal(many[pooling].n_response_tokens, alone.n_response_tokens)
+    finally:
+        hook.remove()
+    assert list(many) == list(POOLINGS)
+    assert not np.array_equal(many["last"].vectors[2], many["mean"].vectors[2])
+    with pytest.raises(ValueError, match="pooling"):
+        encode_poolings(tiny_lm, prompts, responses, ("mean", "max"))
+    with pytest.raises(ValueError, match="no pooling"):
+        encode_poolings(tiny_lm, prompts, responses, ())
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_several_poolings_of_pairs_equal_single_pooling_calls(tiny_model_dir, packed):
+    """Packed pairs (and the two-pass fallback) with several poolings from the same passes:
+    bit for bit what ``encode_pairs`` gives for each pooling."""
+    from dataclasses import replace
+
+    from legend_core.method.models import load_model
+    from legend_core.method.packing import encode_pairs, encode_pairs_poolings
+
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    if not packed:  # as a model that failed the packing self-check
+        lm.packing, lm.packing_note = False, "test: two passes"
+    settings = EncodeSettings(template="alpaca", max_length=48)
+    args = (PAIR_PROMPTS, PAIR_CHOSEN, PAIR_REJECTED)
+    poolings = ("mean", "last")
+    seen = []
+    many = encode_pairs_poolings(
+        lm,
+        *args,
+        poolings,
+        layers=[0, 1, 3],
+        settings=settings,
+        batch_tokens=150,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen[-1] == (len(PAIR_PROMPTS), len(PAIR_PROMPTS))
+    assert lm.packing is packed
+    for pooling in poolings:
+        one = replace(settings, pooling=pooling)
+        alone = encode_pairs(lm, *args, layers=[0, 1, 3], settings=one, batch_tokens=150)
+        for side in (0, 1):
+            got, want = many[pooling][side], alone[side]
+            assert list(got.vectors) == [0, 1, 3]
+            for layer in want.vectors:
+                np.testing.assert_array_equal(got.vectors[layer], want.vectors[layer])
+            np.testing.assert_array_equal(got.n_tokens, want.n_tokens)
+            np.testing.assert_array_equal(got.n_response_tokens, want.n_response_tokens)
+    assert not np.array_equal(many["mean"][0].vectors[3], many["mean"][1].vectors[3])
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_all"])
 def test_pooling_moves_masks_to_the_layer_device(pooling):
     """With layers spread over devices a hidden state may live elsewhere than the masks
     (built on the input device). Here the layer sits on the meta device, the masks on the
     CPU: pooling must follow the hidden state (this machine has one real device)."""
-    from legend_core.method.encode import _pool
+    from legend_core.method.encode import pool_hidden
 
     hidden = torch.empty((2, 5, 8), device="meta")
     masks = {
@@ -314,5 +404,5 @@ def test_pooling_moves_masks_to_the_layer_device(pooling):
         "response": torch.ones((2, 5), dtype=torch.bool),
         "all": torch.ones((2, 5), dtype=torch.long),
     }
-    pooled = _pool(hidden, masks, pooling)
+    pooled = pool_hidden(hidden, masks, pooling)
     assert pooled.device.type == "meta" and tuple(pooled.shape) == (2, 8)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legend_core.app import explore
+from legend_core.app import downloads
 from legend_core.data import exports
 from legend_core.data.exports import export_dataset, export_frame
 from legend_core.data.store import Store
@@ -115,7 +115,7 @@ def test_jsonl_and_parquet_keep_the_exact_text(run, tmp_path: Path, fmt: str) ->
 
 def test_app_download_bytes_are_neutralised(run) -> None:
     store, run_id, _ = run
-    result = explore.export_file(store, run_id, "csv", "=evil name", exclude_flagged=False)
+    result = downloads.export_file(store, run_id, "csv", "=evil name", exclude_flagged=False)
     assert not result.file_name.startswith("=")
     frame = export_frame(store, run_id, exclude_flagged=False)
     assert check_neutralised(read_csv_cells(result.data), frame) == 21

@@ -13,11 +13,12 @@ import pytest
 
 from legend_core import __version__
 from legend_core.data.exports import export_dataset, export_frame
-from legend_core.data.formats import read_pairs, write_pairs
+from legend_core.data.formats import read_pairs
 from legend_core.data.store import Store
 from legend_core.method.directions import Direction
 from legend_core.review.policy import POLICY_TEXT
 from legend_core.types import PreferencePair
+from tests.pair_files import write_pairs
 from tests.test_store import fresh_db_url
 
 MARGINS = [1.5, -0.5, 0.25, -2.0, 3.0, 0.0]

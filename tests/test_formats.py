@@ -12,19 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from legend_core.data import formats
+from legend_core.data import files
 from legend_core.data.formats import (
     ASSISTANT,
     FormatError,
-    detect_pair_format,
     pairs_to_frame,
     read_contrast_set,
     read_pairs,
     split_hh_dialogue,
-    write_pairs,
 )
 from legend_core.types import ContrastItem, PreferencePair
 from tests.conftest import ADVBENCH, HH_DEV
+from tests.pair_files import write_pairs
 
 HOSTILE = Path(__file__).parent / "hostile"
 EXPECTED = json.loads((HOSTILE / "EXPECTED.json").read_text(encoding="utf-8"))
@@ -100,7 +99,7 @@ def test_split_hh_dialogue() -> None:
 @needs_shared
 def test_real_hh_rlhf_file() -> None:
     raw = [json.loads(line) for line in HH_DEV.read_text(encoding="utf-8").splitlines()]
-    assert detect_pair_format(HH_DEV) == "hh-rlhf"
+    assert read_pairs(HH_DEV).format == "hh-rlhf"
     report = read_pairs(HH_DEV)
     assert (report.format, report.rows_read, len(report.pairs)) == ("hh-rlhf", 1156, 1156)
     # dev.jsonl holds the even rows of test.jsonl: 2 of its 4 empty chosen responses.
@@ -135,7 +134,7 @@ def test_trl_without_prompt_falls_back_to_hh_dialogues(tmp_path: Path) -> None:
         "rejected": "\n\nHuman: a\n\nAssistant: no",
     }
     path = write_jsonl(tmp_path / "hh.jsonl", {**dialogue, "id": 3})
-    assert detect_pair_format(path) == "hh-rlhf"
+    assert read_pairs(path).format == "hh-rlhf"
     for fmt in ("trl", "hh-rlhf", "auto"):
         pair = read_pairs(path, format=fmt).pairs[0]
         assert (pair.prompt, pair.chosen, pair.rejected) == (
@@ -163,7 +162,7 @@ def test_pku_chosen_is_the_safer_response(tmp_path: Path) -> None:
         {**PKU_ROW, "safer_response_id": 1},
         {**PKU_ROW, "safer_response_id": 0},
     )
-    assert detect_pair_format(path) == "pku"
+    assert read_pairs(path).format == "pku"
     report = read_pairs(path)
     first, second = report.pairs
     assert (first.chosen, first.rejected) == (PKU_ROW["response_1"], PKU_ROW["response_0"])
@@ -202,7 +201,7 @@ def test_conversational_with_explicit_prompt(tmp_path: Path) -> None:
     single = {**row, "prompt": [msg("user", "Only this?")]}
     text_prompt = {**row, "prompt": "Plain text?"}
     path = write_jsonl(tmp_path / "conv.jsonl", row, single, text_prompt)
-    assert detect_pair_format(path) == "trl-conversational"
+    assert read_pairs(path).format == "trl-conversational"
     first, second, third = read_pairs(path).pairs
     assert first.prompt == "System: Be safe.\n\nUser: Hi?\n\nAssistant:"
     assert (first.chosen, first.rejected) == ("Hello.", "Go away.")
@@ -319,9 +318,7 @@ def test_parquet_meta_is_json_safe(tmp_path: Path) -> None:
     assert first == {"id": 1, "score": 0.5, "when": "2024-01-02T03:04:05", "tags": ["x", "y"]}
     assert second == {"id": 2, "score": None, "when": None, "tags": []}
     json.dumps([first, second], allow_nan=False)
-    assert formats.json_safe(
-        {"n": np.int64(3), "f": np.float32(math.inf), "b": np.bool_(True)}
-    ) == {
+    assert files.json_safe({"n": np.int64(3), "f": np.float32(math.inf), "b": np.bool_(True)}) == {
         "n": 3,
         "f": None,
         "b": True,
@@ -339,7 +336,7 @@ def test_size_limit_refuses_before_reading(tmp_path: Path, monkeypatch) -> None:
     def no_open(*args, **kwargs):
         raise AssertionError("the file was opened")
 
-    monkeypatch.setattr(formats, "open", no_open, raising=False)
+    monkeypatch.setattr(files, "open", no_open, raising=False)
     with pytest.raises(FormatError, match=r"over the limit of 100 \(max_bytes\)") as info:
         read_pairs(path, max_bytes=100)
     assert info.value.line is None

@@ -9,10 +9,10 @@ import pytest
 from legend_core.data.store import EmbeddingSpace, Store
 from legend_core.method.directions import Direction
 from legend_core.method.margins import margins
-from legend_core.method.pipeline import annotate_dataset
 from legend_core.types import PreferencePair
 from legend_core.util import pair_hash, text_key
 from legend_core.workflows import learning
+from legend_core.workflows.annotate import annotate_dataset
 
 DIM, N = 16, 240
 SETTINGS = {

@@ -118,7 +118,7 @@ def test_stored_data_set_learned_from_its_own_labels_is_cross_fitted(
     assert "margins are cross-fitted" in capsys.readouterr().out
 
     # The stored margins are the fold directions' (not the final vector's) projections.
-    from legend_core.evaluation.evaluate import load_run
+    from legend_core.evaluation.reports import load_run
 
     data = load_run(store, run.id)
     frame = store.run_frame(run.id)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from legend_core.method.margins import SCALES, agreement, margins, quantile_bins, scale
+from legend_core.method.label_agreement import agreement_share
+from legend_core.method.margins import SCALES, margins, quantile_bins, scale
 
 
 def test_margin_is_the_projection_of_the_difference():
@@ -16,7 +17,7 @@ def test_margin_is_the_projection_of_the_difference():
     v = np.array([3.0, 4.0, 0.0])  # |v| = 5
     # (1*3 + 2*4) / 5 = 2.2 ; (-3*3) / 5 = -1.8
     np.testing.assert_allclose(margins(chosen, rejected, v), [2.2, -1.8])
-    assert agreement(margins(chosen, rejected, v)) == 0.5
+    assert agreement_share(margins(chosen, rejected, v)) == 0.5
 
 
 def test_margins_reject_mismatched_shapes_and_zero_direction():

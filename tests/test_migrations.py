@@ -186,7 +186,7 @@ def test_upgrade_from_0001_keeps_data_and_enables_new_features(tmp_path: Path) -
     # New in 0002: run-scoped reviews, the queue index, the embedding cache.
     review_id = store.add_review(12, "bob", "accept", run_id=1)
     assert store.pair_history(12)[0].run_id == 1 and review_id == 3
-    assert store.next_pair(1) is None  # all three reviewed now
+    assert store.review_queue(1, unreviewed_only=True) == []  # all three reviewed now
     assert store.review_queue(1) == [10, 11, 12]
     space = EmbeddingSpace("tiny", "fp", "alpaca", "last", 2, 512)
     store.put_embeddings(space, {text_key("p", "c"): np.ones(4)})

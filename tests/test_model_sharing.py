@@ -16,8 +16,9 @@ import pytest
 
 from legend_core.app.jobs import JobRegistry
 from legend_core.method import model_lock
-from legend_core.method.encode import EncodeSettings, encode, encode_pairs
+from legend_core.method.encode import EncodeSettings, encode
 from legend_core.method.model_lock import ModelLock
+from legend_core.method.packing import encode_pairs
 
 PROMPTS = [f"Question {i}: " + "how would one do this " * (i % 7) for i in range(40)]
 CHOSEN = [f"I cannot help with item {i}." + " sorry" * (i % 5) for i in range(40)]

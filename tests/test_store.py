@@ -530,13 +530,7 @@ def test_review_queue_least_sure_first(store: Store) -> None:
     # |margin| ascending whichever the sign (ties by pair id): 0, 0.05, -0.1 = 0.1, 0.3, ...
     expected = [ids[i] for i in (4, 6, 3, 7, 0, 2, 1, 5)]
     assert store.review_queue(run_id, order="least_sure") == expected
-    # next_pair steps through the same order, tie included, and skips reviewed pairs.
-    walked, current = [], None
-    while (current := store.next_pair(run_id, current, False, order="least_sure")) is not None:
-        walked.append(current)
-    assert walked == expected
-    store.add_review(ids[6], "ann", "accept", run_id=run_id)
-    assert store.next_pair(run_id, ids[4], order="least_sure") == ids[3]
+    store.add_review(ids[6], "ann", "accept", run_id=run_id)  # skipped once reviewed
     assert store.review_queue(run_id, "least_sure", unreviewed_only=True)[:2] == [ids[4], ids[3]]
 
 
@@ -564,28 +558,25 @@ def test_one_annotators_view_for_blind_review(store: Store) -> None:
     assert store.annotator_state(ids[1], "ada").flagged is None
 
 
-def test_next_pair_walks_the_queue(store: Store) -> None:
+def test_review_queue_with_ties_skips_reviewed_pairs(store: Store) -> None:
     rng = np.random.default_rng(0)
     values = np.round(rng.normal(size=40), 1).tolist()  # rounding makes ties
     _, run_id, ids = annotated(store, values)
-    for order in ("disagreement", "index"):
-        walked, current = [], store.next_pair(run_id, unreviewed_only=False, order=order)
-        while current is not None:
-            walked.append(current)
-            current = store.next_pair(run_id, current, unreviewed_only=False, order=order)
-        assert walked == store.review_queue(run_id, order=order)
+    by_value = sorted(zip(values, ids))  # (margin, pair id): ties go by pair id
+    size = sorted((abs(v), p) for v, p in zip(values, ids))
+    assert store.review_queue(run_id) == [p for _, p in by_value]
+    assert store.review_queue(run_id, order="least_sure") == [p for _, p in size]
+    assert store.review_queue(run_id, order="index") == ids
     queue = store.review_queue(run_id)
     for pair_id in queue[:3] + queue[5:7]:
         store.add_review(pair_id, "ann", "accept", run_id=run_id)
-    assert store.next_pair(run_id) == queue[3]
-    assert store.next_pair(run_id, queue[3]) == queue[4]
-    assert store.next_pair(run_id, queue[4]) == queue[7]  # skips reviewed ones
-    assert store.next_pair(run_id, queue[-1]) is None
-    assert store.next_pair(run_id, after_pair_id=10_000) == queue[3]  # unknown: from the start
+    todo = store.review_queue(run_id, unreviewed_only=True)
+    assert todo == queue[3:5] + queue[7:]  # skips reviewed ones, keeps the order
+    assert store.review_queue(run_id, unreviewed_only=True, annotator="bob") == queue
 
 
 def test_queue_walk_on_a_large_data_set(store: Store) -> None:
-    """Queue order and next_pair on 20,000 pairs (speed is measured in bench/, not here)."""
+    """Queue order on 20,000 pairs (speed is measured in bench/, not here)."""
     n = 20_000
     pairs = [
         PreferencePair(f"Human: question {i}?\n\nAssistant:", "I won't help. " * 8, "Sure. " * 12)
@@ -602,9 +593,9 @@ def test_queue_walk_on_a_large_data_set(store: Store) -> None:
     assert queue[:3] == [ids[i] for i in np.argsort(values, kind="stable")[:3]]
     for pair_id in queue[:200]:
         store.add_review(pair_id, "ann", "accept", run_id=run_id)
-    assert store.next_pair(run_id) == queue[200]
-    assert store.next_pair(run_id, queue[n // 2]) == queue[n // 2 + 1]
-    assert store.next_pair(run_id, ids[n // 2], order="index") == ids[n // 2 + 1]
+    assert queue == [ids[i] for i in np.lexsort((ids, values))]
+    assert store.review_queue(run_id, unreviewed_only=True) == queue[200:]
+    assert store.review_queue(run_id, order="index") == ids
     assert store.review_counts(run_id) == (200, n - 200)
 
 
@@ -653,7 +644,7 @@ def test_embedding_cache_keeps_values_beyond_float16_range(store: Store) -> None
 
 @pytest.mark.parametrize("asked", [1_001, 10], ids=["scan the space", "probe by key"])
 def test_iter_embeddings_batches_both_ways(store: Store, asked: int, monkeypatch) -> None:
-    monkeypatch.setattr("legend_core.data.block_cache.SCAN_MIN_KEYS", 1_000)  # scan at test sizes
+    monkeypatch.setattr("legend_core.data.store.blocks.SCAN_MIN_KEYS", 1_000)  # scan at test sizes
     rng = np.random.default_rng(1)
     items = {text_key(f"p{i}", "r"): rng.normal(size=8).astype(np.float32) for i in range(1_000)}
     wide = text_key("p", "wide")

@@ -1,4 +1,5 @@
-"""Plotly figures for the app, built from the tables of :mod:`legend_core.app.explore`.
+"""Plotly figures for the app, built from the tables of :mod:`legend_core.app.views`,
+:mod:`legend_core.app.lab` and :mod:`legend_core.app.maps`.
 
 Data set text is untrusted: Plotly renders a subset of HTML in hover labels and tick labels,
 so every data string that reaches a figure goes through :func:`escape` first, and a payload
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from legend_core.app.explore import snippet
+from legend_core.app.views import snippet
 
 HARMLESS = "#2a9d8f"
 HARMFUL = "#e76f51"

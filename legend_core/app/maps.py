@@ -7,16 +7,24 @@
   ``MIN_UMAP_POINTS`` get PCA instead: UMAP has no neighbourhood structure to find there.
 
 The result says what was done in one sentence (:attr:`Map2D.note`) for the page to show.
+:func:`response_map` lays out a margin run's responses from the embedding cache.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
 from threadpoolctl import threadpool_limits
+
+from legend_core.app.views import snippet
+
+if TYPE_CHECKING:
+    from legend_core.data.store import RunInfo, Store
+    from legend_core.method.directions import Direction
 
 MapMethod = Literal["umap", "pca"]
 MAP_METHODS: tuple[str, ...] = ("umap", "pca")
@@ -208,3 +216,91 @@ def embed_2d(
     else:
         note = f"UMAP of all {n:,} {what} (seed {seed})."
     return Map2D(coords, index, "umap", n, note)
+
+
+# --- the response map of a margin run ----------------------------------------------------------
+
+
+@dataclass
+class ResponseMap:
+    """The response map's table and what the page should say about it.
+
+    ``frame`` has one row per laid-out response: x, y, pair_id, side (chosen/rejected),
+    projection (on the direction), margin (effective), and text (a plain snippet).
+    """
+
+    frame: pd.DataFrame
+    note: str
+    n_pairs: int
+    n_missing: int
+
+
+def response_map(
+    store: Store,
+    run: RunInfo,
+    direction: Direction,
+    frame: pd.DataFrame,
+    method: MapMethod = "umap",
+    max_points: int = DEFAULT_MAX_POINTS,
+    seed: int = 0,
+) -> ResponseMap:
+    """Lay out the chosen and rejected responses of a run's pairs from the embedding cache.
+
+    No forward pass: pairs whose embeddings are not cached are left out (and counted).
+    UMAP runs on a random sample of pairs (both responses of each) so that at most
+    ``max_points`` responses are laid out; PCA lays out all of them.
+
+    Args:
+        store: The store holding the cache.
+        run: The margin run (its settings name the embedding space).
+        direction: The run's direction (for each response's projection).
+        frame: The run's pairs (``Store.run_frame``), those with margins are mapped.
+        method: ``umap`` or ``pca``.
+        max_points: Most responses UMAP lays out.
+        seed: Seed of the sample and of UMAP.
+    """
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.util import text_key
+
+    pairs = frame[frame["computed_margin"].notna()]
+    if method == "umap" and len(pairs) * 2 > max_points:
+        keep = sample_indices(len(pairs), max(1, max_points // 2), seed)
+        pairs = pairs.iloc[keep]
+    keys_c = [text_key(p, c) for p, c in zip(pairs["prompt"], pairs["chosen"])]
+    keys_r = [text_key(p, r) for p, r in zip(pairs["prompt"], pairs["rejected"])]
+    cached = store.get_embeddings(EmbeddingSpace.from_settings(run.settings), keys_c + keys_r)
+    ok = np.array([c in cached and r in cached for c, r in zip(keys_c, keys_r)], dtype=bool)
+    n_missing = int((~ok).sum())
+    pairs = pairs[ok]
+    columns = ["x", "y", "pair_id", "side", "projection", "margin", "text"]
+    if pairs.empty:
+        note = "No cached embeddings for this run: compute its margins to fill the cache."
+        return ResponseMap(pd.DataFrame(columns=columns), note, 0, n_missing)
+    keys_c = [k for k, good in zip(keys_c, ok) if good]
+    keys_r = [k for k, good in zip(keys_r, ok) if good]
+    x = np.stack([cached[k] for k in keys_c] + [cached[k] for k in keys_r])
+    n = len(pairs)
+    layout = embed_2d(x, method, max_points=max(len(x), 1), seed=seed, what="responses")
+    if method == "umap" and n < len(frame[frame["computed_margin"].notna()]):
+        total = int(frame["computed_margin"].notna().sum())
+        layout.note = (
+            f"UMAP of the {2 * n:,} responses of a random sample of {n:,} of {total:,} pairs "
+            f"(seed {seed}); choose PCA to see them all."
+        )
+    sides = np.array(["chosen"] * n + ["rejected"] * n)
+    pair_ids = np.concatenate([pairs["pair_id"].to_numpy()] * 2)
+    margins = np.concatenate([pairs["effective_margin"].to_numpy(dtype=np.float64)] * 2)
+    texts = list(pairs["chosen"]) + list(pairs["rejected"])
+    idx = layout.index
+    out = pd.DataFrame(
+        {
+            "x": layout.coords[:, 0],
+            "y": layout.coords[:, 1],
+            "pair_id": pair_ids[idx].astype(np.int64),
+            "side": sides[idx],
+            "projection": (x @ direction.vector)[idx].astype(np.float64),
+            "margin": margins[idx],
+            "text": [snippet(texts[i]) for i in idx],
+        }
+    )
+    return ResponseMap(out, layout.note, n, n_missing)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from legend_core import __version__, config
-from legend_core.data.formats import SUFFIXES, json_safe
+from legend_core.data.files import SUFFIXES, json_safe
 from legend_core.method.margins import SCALE_DEFINITIONS, SCALES
 from legend_core.method.margins import scale as rescale
 from legend_core.review.policy import LABEL_SOURCES, POLICY_TEXT
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 ExportFormat = Literal["jsonl", "csv", "parquet"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+#: The suffixes an export can be written as: a view of the one table, ``files.SUFFIXES``.
 _SUFFIXES = {suffix: kind for suffix, kind in SUFFIXES.items() if kind in EXPORT_FORMATS}
 #: How a CSV cell starts when a spreadsheet would run it as a formula (OWASP, CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -241,9 +241,9 @@ class EmbeddingSpaceRow(Base):
 
 
 class EmbeddingBlock(Base):
-    """Cached hidden states of one space in one block (see :mod:`legend_core.data.block_cache`).
+    """Cached hidden states of one space in one block (see :mod:`legend_core.data.store.blocks`).
 
-    ``key_data`` is ``n`` keys of :func:`legend_core.data.store.text_key` (32 bytes each,
+    ``key_data`` is ``n`` keys of :func:`legend_core.util.text_key` (32 bytes each,
     ascending); ``vector_data`` the ``n`` × ``dim`` values, row-major, little-endian ``dtype``
     (``<f2`` or ``<f4``); ``checksum`` a CRC-32 of the header, keys and vectors. The small
     columns come first: SQLite reads a row's columns in order, so the keys are read

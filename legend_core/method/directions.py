@@ -140,7 +140,8 @@ def pca(harmless: np.ndarray, harmful: np.ndarray) -> np.ndarray:
     """First principal component of the paired differences (RepE), sign-fixed.
 
     Differences are not centred: centring would remove the shared shift that carries the
-    signal when the differences all point one way.
+    signal when the differences all point one way (so not scikit-learn's PCA, which
+    centres; one exact SVD needs nothing more than numpy).
     """
     diffs = (harmless - harmful).astype(np.float64)
     _, _, vt = np.linalg.svd(diffs, full_matrices=False)
@@ -189,23 +190,26 @@ def fit(harmless: np.ndarray, harmful: np.ndarray, method: Method = "mean_diff")
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    scores = np.concatenate([positive, negative])
-    ranks = _average_ranks(scores)
+    """Probability that a random positive scores above a random negative (ties count half).
+
+    scikit-learn's area under the ROC curve, which is this probability (the Mann-Whitney
+    statistic with average ranks; tests/test_sklearn_equivalence.py). NaN when either side
+    is empty or a score is NaN; ±inf keep their order.
+    """
+    from sklearn.metrics import roc_auc_score
+
     n_pos, n_neg = len(positive), len(negative)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(1, len(x) + 1)
-    # Ties share the mean of their ranks.
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return sums[inverse] / counts[inverse]
+    scores = np.concatenate([positive, negative]).astype(np.float64)
+    if np.isnan(scores).any():
+        return float("nan")
+    if np.isinf(scores).any():
+        # scikit-learn refuses infinite scores; only the order matters (ties included),
+        # and each score's index among the distinct values keeps it.
+        scores = np.unique(scores, return_inverse=True)[1].astype(np.float64)
+    labels = np.concatenate([np.ones(n_pos), np.zeros(n_neg)])
+    return float(roc_auc_score(labels, scores))
 
 
 def cohens_d(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -226,7 +230,14 @@ def r_squared(y: np.ndarray, x: np.ndarray) -> float:
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle ``range(n)`` and cut off a held-out part (at least 2 items each side)."""
+    """Shuffle ``range(n)`` and cut off a held-out part (at least 2 items each side).
+
+    The project's one seeded train/test split: directions' held-out quality and the
+    reward-model check (:mod:`legend_core.evaluation.reward_check`) both use it.
+    """
+    # Not scikit-learn's train_test_split: it shuffles with the legacy RandomState and
+    # rounds the test size up, so the same seed would hold out other rows and change every
+    # stored quality number and EVALUATION.md's results.
     if n < 4:
         raise ValueError(f"a contrastive set needs at least 4 items to hold some out; got {n}")
     order = np.random.default_rng(seed).permutation(n)

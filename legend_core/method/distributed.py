@@ -2,8 +2,8 @@
 
 The driver reads pairs (from the store or a file), streams them through Ray Data's
 ``map_batches`` to actors that each load the model once, and gets back the vectors in
-input order. ``pipeline.annotate_dataset`` then caches them and writes margins chunk by
-chunk exactly as in one process, so a run can be resumed by either engine and both give
+input order. ``workflows.annotate.annotate_dataset`` then caches them and writes margins
+chunk by chunk exactly as in one process, so a run can be resumed by either engine and both give
 the same margins.
 
 Point it at a cluster with ``address="ray://head:10001"`` (or ``RAY_ADDRESS``); without
@@ -13,17 +13,23 @@ one, Ray starts locally.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from legend_core.method.directions import Direction
 from legend_core.method.models import resolve_dtype
+from legend_core.types import TextPair
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from legend_core.data.store import PairText
+
+class KeyedPair(TextPair, Protocol):
+    """A pair with an id (a stored pair): the Ray engine matches its batches back by it."""
+
+    @property
+    def id(self) -> int: ...
 
 
 class EngineUnavailable(RuntimeError):
@@ -55,7 +61,7 @@ class PairEncoderActor:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         import pandas as pd
 
-        from legend_core.method.encode import encode_pairs
+        from legend_core.method.packing import encode_pairs
         from legend_core.method.pipeline import settings_of
 
         layer = self.direction.layer
@@ -101,7 +107,7 @@ def ray_engine(
     trust_remote_code: bool = False,
     batch_tokens: int | None = None,
 ):
-    """An engine for ``pipeline.annotate_dataset`` that runs forward passes on Ray.
+    """An engine for ``workflows.annotate.annotate_dataset`` that runs forward passes on Ray.
 
     Args:
         direction: The direction whose model, layer and settings to use.
@@ -120,7 +126,7 @@ def ray_engine(
     gpus = gpus_per_actor if gpus_per_actor is not None else (1 if device == "cuda" else 0)
     meta = direction.metadata()
 
-    def run(pairs: Sequence[PairText]) -> Iterator[tuple[list[PairText], np.ndarray, np.ndarray]]:
+    def run(pairs: Sequence[KeyedPair]) -> Iterator[tuple[list[KeyedPair], np.ndarray, np.ndarray]]:
         if not pairs:
             return
         import pandas as pd

@@ -4,12 +4,13 @@ A text is a (prompt, response) pair rendered with a template. Hidden-state index
 embedding output, index k (1..N-1) the output of block k, and index N the final hidden
 state after the model's last norm, the paper's choice. Hooks take every asked-for layer
 from one forward pass, pool it at once (so full sequences never pile up in memory), and
-the pass stops after the deepest layer asked for.
+the pass stops after the deepest layer asked for; several poolings can come out of the
+same pass (:func:`encode_poolings`). Both responses of a preference pair in one packed row,
+sharing the prompt, are :mod:`legend_core.method.packing`'s.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -165,6 +166,17 @@ def default_batch_tokens(lm: LoadedModel) -> int:
     return max(CPU_MIN_BATCH_TOKENS, CPU_BATCH_TOKENS_PER_THREAD * torch.get_num_threads())
 
 
+def check_poolings(poolings: Sequence[str]) -> tuple[Pooling, ...]:
+    """The poolings asked for, each once and in order; refuses an unknown or empty list."""
+    wanted = tuple(dict.fromkeys(poolings))
+    if not wanted:
+        raise ValueError(f"no pooling asked for; use one or more of {', '.join(POOLINGS)}")
+    for pooling in wanted:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; use {', '.join(POOLINGS)}")
+    return wanted  # type: ignore[return-value]
+
+
 class _Stop(Exception):
     """Raised by a hook once the deepest asked-for layer is captured."""
 
@@ -180,7 +192,13 @@ def decoder_blocks(model: Any) -> Any:
     raise ValueError("cannot find the model's transformer blocks")
 
 
-def _pool(hidden: Any, masks: dict[str, Any], pooling: Pooling) -> Any:
+def pool_hidden(hidden: Any, masks: dict[str, Any], pooling: Pooling) -> Any:
+    """One pooling of a batch's hidden states (batch, tokens, hidden) -> (batch, hidden).
+
+    ``masks`` holds, per row, the index of the ``last`` token, the ``response`` tokens and
+    ``all`` real tokens (the encoder builds them; :mod:`legend_core.method.packing` builds
+    them per side of a packed row).
+    """
     import torch
 
     # With a model spread over several devices each layer's hidden state lives on its own
@@ -195,7 +213,8 @@ def _pool(hidden: Any, masks: dict[str, Any], pooling: Pooling) -> Any:
     return total / mask.sum(1).clamp(min=1).float()
 
 
-def _prepare(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+def wanted_layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    """The asked-for hidden-state indices, sorted and checked (None means every one)."""
     n_layers = lm.num_layers
     wanted = sorted(set(range(n_layers + 1) if layers is None else layers))
     if not wanted or wanted[0] < 0 or wanted[-1] > n_layers:
@@ -210,7 +229,7 @@ class _Capture:
     ``on_layer(layer, hidden)`` is called for every wanted layer below the last; the
     final layer (after the model's norm) comes from the model's output. Once the deepest
     wanted layer is seen the forward pass is stopped. The hooks fire on every pass through
-    the model, so they must only exist while their own pass runs: see :func:`_forward`.
+    the model, so they must only exist while their own pass runs: see :func:`forward_layers`.
     """
 
     def __init__(
@@ -258,7 +277,7 @@ class _Capture:
             hook.remove()
 
 
-def _forward(
+def forward_layers(
     lm: LoadedModel, wanted: list[int], on_layer: Callable[[int, Any], None], **inputs: Any
 ) -> None:
     """One forward pass with its hooks, holding the model (jobs share one loaded model, and
@@ -295,18 +314,56 @@ def encode(
         max_batch: Upper bound on texts per forward pass.
         progress: Called as ``progress(done, total)`` after each batch.
     """
+    settings = settings or EncodeSettings()
+    options = {"batch_tokens": batch_tokens, "max_batch": max_batch, "progress": progress}
+    poolings = (settings.pooling,)
+    encoded = encode_poolings(lm, prompts, responses, poolings, layers, settings, **options)
+    return encoded[settings.pooling]
+
+
+def encode_poolings(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    poolings: Sequence[Pooling],
+    layers: Sequence[int] | None = None,
+    settings: EncodeSettings | None = None,
+    batch_tokens: int | None = None,
+    max_batch: int = 64,
+    progress: Progress | None = None,
+) -> dict[str, Encoded]:
+    """:func:`encode` with several poolings from the same forward passes.
+
+    Each pooling's vectors equal those of an :func:`encode` call with that pooling, bit for
+    bit: the batches and the hidden states are the same, only the pooling differs, so a
+    sweep over poolings costs one pass instead of one per pooling.
+
+    Args:
+        poolings: Poolings to return (``last``, ``mean``, ``mean_all``), each once.
+        settings: Template and max_length (its own ``pooling`` is not used here).
+        lm, prompts, responses, layers, batch_tokens, max_batch, progress: As for
+            :func:`encode`.
+
+    Returns:
+        Pooling -> its :class:`Encoded`, in the order asked.
+    """
     import torch
 
+    poolings = check_poolings(poolings)
     settings = settings or EncodeSettings()
     batch_tokens = batch_tokens or default_batch_tokens(lm)
-    wanted = _prepare(lm, layers)
+    wanted = wanted_layers(lm, layers)
     tokens = tokenize(lm.tokenizer, prompts, responses, settings)
     n = len(tokens)
-    out = {layer: np.zeros((n, lm.hidden_size), dtype=np.float32) for layer in wanted}
+    outs = {
+        pooling: {layer: np.zeros((n, lm.hidden_size), dtype=np.float32) for layer in wanted}
+        for pooling in poolings
+    }
     n_tokens = np.array([len(t.ids) for t in tokens], dtype=np.int64)
     n_response = np.array([len(t.ids) - t.response_start for t in tokens], dtype=np.int64)
+    result = {p: Encoded(outs[p], n_tokens.copy(), n_response.copy()) for p in poolings}
     if n == 0:
-        return Encoded(out, n_tokens, n_response)
+        return result
 
     pad = lm.tokenizer.pad_token_id
     done = 0
@@ -330,257 +387,16 @@ def encode(
             }
 
             def store(layer: int, hidden: Any, rows: list[int] = rows, masks=masks) -> None:
-                out[layer][rows] = _pool(hidden, masks, settings.pooling).cpu().numpy()
+                for pooling in poolings:
+                    outs[pooling][layer][rows] = pool_hidden(hidden, masks, pooling).cpu().numpy()
 
             # Padding sits at the right end of each row, after every real token, so the
             # plain causal mask already keeps it out of every real token's view: no
             # padding mask, which lets attention take its causal fast path.
-            _forward(
+            forward_layers(
                 lm, wanted, store, input_ids=ids.to(device), attention_mask=None, use_cache=False
             )
             done += len(rows)
             if progress:
                 progress(done, n)
-    return Encoded(out, n_tokens, n_response)
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = 0
-    for x, y in zip(a[:limit], b[:limit]):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-#: Attention implementations that take the custom 4-D mask of packed pairs.
-PACKING_ATTENTION = ("sdpa", "eager")
-
-#: Largest relative difference (L2, per vector) between a packed pair and two separate
-#: passes that is still float rounding, by the model's dtype. Measured on the default model
-#: (worst of every layer, mean and last pooling): 2e-7 in float32, 2.5e-3 in float16 and
-#: 1.1e-2 in bfloat16. A mask the model ignores gave 0.05-0.7 on tiny random Llama, Qwen2,
-#: GPT-2 and Gemma models and about 13 on the default model. A false alarm costs speed
-#: (two passes), a missed one wrong vectors: the half-precision bound sits low.
-PACKING_TOLERANCE = {"float32": 1e-3, "float64": 1e-6}
-PACKING_TOLERANCE_HALF = 0.03
-
-#: The pair the self-check packs: tails of different lengths, so a wrong position or a
-#: leaked attention shows in both the mean and the last token.
-_CHECK_PAIR = (
-    "Packing check. Which reply to this request is the safer one?",
-    "I will not help with that.",
-    "Sure, here is how: first gather everything you need, then follow each step closely.",
-)
-
-log = logging.getLogger(__name__)
-
-
-def _attention_implementation(lm: LoadedModel) -> str:
-    return getattr(lm.model.config, "_attn_implementation", None) or "sdpa"
-
-
-def packing_difference(lm: LoadedModel) -> float:
-    """Largest relative difference, over every layer and both responses, between one packed
-    pair and the same two texts encoded apart (0 means identical)."""
-    prompt, chosen, rejected = _CHECK_PAIR
-    worst = 0.0
-    for pooling in ("mean", "last"):
-        settings = EncodeSettings(template="plain", pooling=pooling, max_length=128)
-        packed = _encode_packed(lm, [prompt], [chosen], [rejected], None, settings, 4096, 1, None)
-        for response, together in zip((chosen, rejected), packed):
-            alone = encode(lm, [prompt], [response], settings=settings)
-            for layer, vectors in alone.vectors.items():
-                scale = float(np.linalg.norm(vectors)) or 1.0
-                diff = float(np.linalg.norm(together.vectors[layer] - vectors)) / scale
-                worst = max(worst, diff if np.isfinite(diff) else np.inf)
-    return worst
-
-
-def packing_verified(lm: LoadedModel) -> bool:
-    """Whether this model honours packed pairs' mask and positions; checked once per loaded
-    model (one packed pair against two separate passes) and remembered on ``lm``.
-
-    A model that builds its own attention mask, or ignores ``position_ids``, would let the
-    rejected tail see the chosen tail: such a model gets two separate passes instead, and
-    ``lm.packing_note`` says why.
-    """
-    if lm.packing is not None:
-        return lm.packing
-    impl = _attention_implementation(lm)
-    with lm.lock.hold():  # one check per model, even when two jobs start at once
-        if lm.packing is not None:
-            return lm.packing
-        if impl not in PACKING_ATTENTION:
-            lm.packing_note = (
-                f"attention implementation {impl!r} takes no custom mask: "
-                "each pair's responses are encoded in two passes"
-            )
-            lm.packing = False
-        else:
-            tolerance = PACKING_TOLERANCE.get(lm.dtype_name, PACKING_TOLERANCE_HALF)
-            difference = packing_difference(lm)
-            lm.packing = difference <= tolerance
-            if not lm.packing:
-                lm.packing_note = (
-                    f"{lm.label} does not honour a packed pair's mask and positions "
-                    f"(relative difference {difference:.2g} > {tolerance:g}): each pair's "
-                    "responses are encoded in two passes"
-                )
-        if lm.packing_note:
-            log.warning("prompt sharing is off: %s", lm.packing_note)
-    return lm.packing
-
-
-def encode_pairs(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    layers: Sequence[int] | None = None,
-    settings: EncodeSettings | None = None,
-    batch_tokens: int | None = None,
-    max_batch: int = 64,
-    progress: Progress | None = None,
-) -> tuple[Encoded, Encoded]:
-    """Hidden states of both responses of each pair, running each prompt only once.
-
-    Each pair becomes one packed row ``prompt | chosen tail | rejected tail``: the
-    rejected tail takes the positions right after the prompt and an attention mask hides
-    the chosen tail from it, so both continuations see exactly what they would see alone.
-    The prompt (the longer part in real preference data) goes through the model once, and
-    rows are batched by their packed length, so there is hardly any padding. Results equal
-    ``encode(prompts, chosen)`` and ``encode(prompts, rejected)`` up to float rounding.
-
-    Models that cannot take a custom mask (attention other than ``sdpa`` and ``eager``,
-    e.g. flash-attention) or that fail :func:`packing_verified` get two :func:`encode`
-    calls instead.
-
-    Returns:
-        The chosen responses' and the rejected responses' encodings.
-    """
-    settings = settings or EncodeSettings()
-    batch_tokens = batch_tokens or default_batch_tokens(lm)
-    if not packing_verified(lm):
-        options = {"layers": layers, "settings": settings, "batch_tokens": batch_tokens}
-        total = len(prompts)
-        first = encode(lm, prompts, chosen, max_batch=max_batch, **options)
-        if progress:
-            progress(total // 2, total)
-        second = encode(lm, prompts, rejected, max_batch=max_batch, **options)
-        if progress:
-            progress(total, total)
-        return first, second
-    return _encode_packed(
-        lm, prompts, chosen, rejected, layers, settings, batch_tokens, max_batch, progress
-    )
-
-
-def _encode_packed(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    layers: Sequence[int] | None,
-    settings: EncodeSettings,
-    batch_tokens: int,
-    max_batch: int,
-    progress: Progress | None,
-) -> tuple[Encoded, Encoded]:
-    """:func:`encode_pairs` with packed rows, unconditionally (see its docstring)."""
-    import torch
-
-    impl = _attention_implementation(lm)
-    wanted = _prepare(lm, layers)
-    tok_c = tokenize(lm.tokenizer, prompts, chosen, settings)
-    tok_r = tokenize(lm.tokenizer, prompts, rejected, settings)
-    n = len(prompts)
-    outs = [{k: np.zeros((n, lm.hidden_size), dtype=np.float32) for k in wanted} for _ in "cr"]
-    encoded = []
-    for tokens, out in zip((tok_c, tok_r), outs):
-        n_tokens = np.array([len(t.ids) for t in tokens], dtype=np.int64)
-        n_resp = np.array([len(t.ids) - t.response_start for t in tokens], dtype=np.int64)
-        encoded.append(Encoded(out, n_tokens, n_resp))
-    if n == 0:
-        return encoded[0], encoded[1]
-
-    # Shared prefix per pair: the common tokens before either response starts, leaving
-    # each continuation at least one token.
-    shared = [
-        _common_prefix(
-            c.ids, r.ids, min(c.response_start, r.response_start, len(c.ids) - 1, len(r.ids) - 1)
-        )
-        for c, r in zip(tok_c, tok_r)
-    ]
-    packed = [len(c.ids) + len(r.ids) - s for c, r, s in zip(tok_c, tok_r, shared)]
-    pad = lm.tokenizer.pad_token_id
-    device = lm.device
-    done = 0
-    with torch.inference_mode():
-        for rows in length_batches(packed, batch_tokens, max_batch):
-            b = len(rows)
-            width = max(packed[i] for i in rows)
-            ids = torch.full((b, width), pad, dtype=torch.long)
-            positions = torch.zeros((b, width), dtype=torch.long)
-            # Per row: where the rejected tail starts (= chosen length), the shared
-            # prefix and the packed length; per side: last token, response, all tokens.
-            split = torch.zeros((b, 1, 1), dtype=torch.long)
-            prefix = torch.zeros((b, 1, 1), dtype=torch.long)
-            length = torch.zeros((b, 1, 1), dtype=torch.long)
-            last = torch.zeros((2, b), dtype=torch.long)
-            response = torch.zeros((2, b, width), dtype=torch.bool)
-            every = torch.zeros((2, b, width), dtype=torch.bool)
-            for j, i in enumerate(rows):
-                c, r, s = tok_c[i], tok_r[i], shared[i]
-                lc, lr, m = len(c.ids), len(r.ids), packed[i]
-                ids[j, :lc] = torch.tensor(c.ids)
-                ids[j, lc:m] = torch.tensor(r.ids[s:])
-                positions[j, :lc] = torch.arange(lc)
-                positions[j, lc:m] = torch.arange(s, lr)
-                split[j], prefix[j], length[j] = lc, s, m
-                last[0, j], last[1, j] = lc - 1, m - 1
-                # An empty response has no tokens to average: fall back to the last one.
-                response[0, j, min(c.response_start, lc - 1) : lc] = True
-                response[1, j, lc + min(r.response_start, lr - 1) - s : m] = True
-                every[0, j, :lc] = True
-                every[1, j, :s] = True
-                every[1, j, lc:m] = True
-            q = torch.arange(width).view(1, -1, 1)
-            k = torch.arange(width).view(1, 1, -1)
-            hidden_tail = (q >= split) & (k >= prefix) & (k < split)
-            allowed = (k <= q) & ~hidden_tail
-            # Padding queries see only themselves: no empty softmax row, no NaN.
-            allowed = torch.where(q >= length, k == q, allowed).unsqueeze(1)
-            if impl == "sdpa":
-                attention = allowed.to(device)
-            else:  # eager attention adds the mask to its scores
-                floor = torch.finfo(lm.dtype).min
-                attention = torch.zeros(allowed.shape, dtype=lm.dtype)
-                attention = attention.masked_fill(~allowed, floor).to(device)
-            sides = [
-                {
-                    "last": last[side].to(device),
-                    "response": response[side].to(device),
-                    "all": every[side].to(device),
-                }
-                for side in (0, 1)
-            ]
-
-            def store(layer: int, hidden: Any, rows: list[int] = rows, sides=sides) -> None:
-                for side, masks in enumerate(sides):
-                    pooled = _pool(hidden, masks, settings.pooling)
-                    outs[side][layer][rows] = pooled.cpu().numpy()
-
-            _forward(
-                lm,
-                wanted,
-                store,
-                input_ids=ids.to(device),
-                attention_mask=attention,
-                position_ids=positions.to(device),
-                use_cache=False,
-            )
-            done += b
-            if progress:
-                progress(done, n)
-    return encoded[0], encoded[1]
+    return result

@@ -7,7 +7,7 @@ which response is longer, and the two baselines every number is read against: "t
 response is safer" and directions of random orientation.
 
 It lives with the method because choosing a layer or a regularisation by labelled agreement
-(:mod:`legend_core.method.labelled`) is part of building a direction; the reports built on
+(:mod:`legend_core.method.probe`) is part of building a direction; the reports built on
 it are :mod:`legend_core.evaluation`'s. Agreement *between annotators* is another concept:
 :mod:`legend_core.review.annotators`.
 """
@@ -51,6 +51,14 @@ def agreement_scores(values: np.ndarray) -> np.ndarray:
     if np.isnan(x).any():
         raise ValueError("values contain NaN: drop pairs without a margin first")
     return (x > 0) + 0.5 * (x == 0)
+
+
+def agreement_share(margins: np.ndarray) -> float:
+    """Mean agreement of the pairs that have a margin (NaN: no margin yet, left out); NaN
+    when none has."""
+    x = np.asarray(margins, dtype=np.float64).reshape(-1)
+    x = x[~np.isnan(x)]
+    return float(agreement_scores(x).mean()) if len(x) else float("nan")
 
 
 def bootstrap_share(

@@ -59,6 +59,19 @@ def projections(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i", vectors, v / norm, dtype=np.float64)
 
 
+def vector_problem(vector: np.ndarray) -> str:
+    """Why a hidden state cannot be right ("" when it can): empty, not finite, or all zeros
+    (a pass that stopped early or pooled nothing). The embedding cache refuses such vectors
+    and the pipeline checks fresh ones with it."""
+    if vector.size == 0:
+        return "it is empty"
+    if not np.isfinite(vector).all():
+        return "it has NaN or infinite values"
+    if not vector.any():
+        return "it is all zeros"
+    return ""
+
+
 @dataclass(frozen=True)
 class Scaled:
     """Margins on a training scale, and what it took to put them there.
@@ -160,9 +173,3 @@ def quantile_bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0, np.int64), np.zeros(0)
     edges = np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1])
     return np.searchsorted(edges, x, side="right").astype(np.int64), edges
-
-
-def agreement(values: np.ndarray) -> float:
-    """Share of pairs whose margin is positive: how often the direction agrees with people."""
-    x = np.asarray(values)
-    return float((x > 0).mean()) if len(x) else float("nan")

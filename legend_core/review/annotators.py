@@ -94,16 +94,18 @@ def verdicts(reviews: pd.DataFrame) -> pd.DataFrame:
 
 
 def cohens_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Cohen's kappa of two boolean label vectors; None when chance agreement is total."""
+    """Cohen's kappa of two boolean label vectors; None when chance agreement is total.
+
+    scikit-learn's ``cohen_kappa_score``. Chance agreement is total exactly when one label
+    is all there is across both vectors (or there are none): kappa is 0/0 there, and
+    scikit-learn would give NaN with a warning.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = np.asarray(a, bool), np.asarray(b, bool)
-    if len(a) == 0:
+    if len(np.unique(np.concatenate([a, b]))) < 2:
         return None
-    observed = float((a == b).mean())
-    p_a, p_b = a.mean(), b.mean()
-    expected = float(p_a * p_b + (1 - p_a) * (1 - p_b))
-    if expected >= 1.0:
-        return None
-    return (observed - expected) / (1 - expected)
+    return float(cohen_kappa_score(a, b))
 
 
 def pairwise_agreement(reviews: pd.DataFrame) -> list[PairwiseAgreement]:

@@ -50,7 +50,8 @@ def load_demo(
         return ids
 
     from legend_core.method.encode import EncodeSettings
-    from legend_core.method.pipeline import annotate_dataset, build_direction
+    from legend_core.method.pipeline import build_direction
+    from legend_core.workflows.annotate import annotate_dataset
 
     existing = [d for d in store.list_directions() if d.name == DEMO_DIRECTION]
     if existing:

@@ -1,11 +1,12 @@
 """Learning directions from labelled pairs, the model and store side (issue 13).
 
-``labelled`` does the maths on embeddings; this module gets the embeddings (a forward pass
-over labelled pairs at every layer, or a margin run's cached vectors for its reviewed
-pairs), runs the learning with the settings EVALUATION.md chose, and packages the result
-as a :class:`~legend_core.method.directions.Direction` whose metadata says which labels, how many
+The method does the maths on embeddings (``method.probe``, ``method.learned_direction``,
+``method.label_quality``); this module gets the embeddings (a forward pass over labelled
+pairs at every layer, or a margin run's cached vectors for its reviewed pairs), runs the
+learning with the settings EVALUATION.md chose, and packages the result as a
+:class:`~legend_core.method.directions.Direction` whose metadata says which labels, how many
 and which folds (scoring pairs with it, cross-fitted where it learned from them, is
-``labelled.direction_margins``, used by ``pipeline``).
+``method.crossfit.direction_margins``, used by ``pipeline`` and ``workflows.annotate``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from legend_core.evaluation.evaluate import format_table
-from legend_core.method import labelled as lab
-from legend_core.method.label_agreement import Interval
-from legend_core.method.labelled import LabelledQuality, LearnedDirection, ProbeSettings
-from legend_core.util import pair_hash
+from legend_core.data.files import json_safe
+from legend_core.method.label_agreement import Interval, agreement_interval
+from legend_core.method.label_quality import (
+    CurvePoint,
+    LabelledQuality,
+    differences,
+    labelled_quality,
+    learning_curve,
+    length_baseline,
+    length_split,
+    safer_longer,
+)
+from legend_core.method.learned_direction import LearnedDirection, learn_direction
+from legend_core.method.probe import DEFAULT_CS, DEFAULT_FOLDS, ProbeSettings, length_features
+from legend_core.util import format_table, pair_hash
 
 if TYPE_CHECKING:
     from legend_core.data.store import PairText, Store
@@ -54,7 +65,7 @@ class LabelledSet:
             review says the rejected one is.
         chosen_lengths: Characters of each imported chosen response.
         rejected_lengths: Characters of each imported rejected response.
-        keys: Each pair's :func:`legend_core.method.labelled.pair_key`.
+        keys: Each pair's :func:`legend_core.util.pair_hash`.
         source: Where the labels came from, for the provenance.
     """
 
@@ -72,12 +83,12 @@ class LabelledSet:
     @property
     def longer(self) -> np.ndarray:
         """+1 where the safer response is the longer one, -1 where it is the shorter."""
-        return lab.safer_longer(self.chosen_lengths, self.rejected_lengths, self.signs)
+        return safer_longer(self.chosen_lengths, self.rejected_lengths, self.signs)
 
     @property
     def lengths(self) -> np.ndarray:
         """Length differences, oriented like the differences (safer minus less safe)."""
-        return lab.length_features(self.chosen_lengths, self.rejected_lengths) * self.signs[:, None]
+        return length_features(self.chosen_lengths, self.rejected_lengths) * self.signs[:, None]
 
 
 def labelled_set(
@@ -91,9 +102,7 @@ def labelled_set(
     n = len(texts)
     s = np.ones(n) if signs is None else np.asarray(signs, dtype=np.float64)
     # float32 halves the memory of every layer; each fit converts its own layer.
-    diffs = {
-        k: lab.differences(chosen[k], rejected[k], s).astype(np.float32) for k in sorted(chosen)
-    }
+    diffs = {k: differences(chosen[k], rejected[k], s).astype(np.float32) for k in sorted(chosen)}
     return LabelledSet(
         diffs=diffs,
         signs=s,
@@ -121,11 +130,11 @@ def encode_labelled(
         ValueError: Too few pairs to cross-validate, or too many to hold every layer of
             (``MAX_LABELLED_BYTES``): the message says how many would fit.
     """
-    from legend_core.method.encode import encode_pairs
+    from legend_core.method.packing import encode_pairs
 
-    if len(pairs) < 2 * lab.DEFAULT_FOLDS:
+    if len(pairs) < 2 * DEFAULT_FOLDS:
         raise ValueError(
-            f"learning from labels needs at least {2 * lab.DEFAULT_FOLDS} labelled pairs; "
+            f"learning from labels needs at least {2 * DEFAULT_FOLDS} labelled pairs; "
             f"got {len(pairs)}"
         )
     wanted = list(layers) if layers is not None else list(range(1, lm.num_layers + 1))
@@ -229,8 +238,8 @@ def learn(
     lset: LabelledSet,
     settings: ProbeSettings = DEFAULT_PROBE,
     contrastive: Mapping[int, np.ndarray] | None = None,
-    cs: Sequence[float] = lab.DEFAULT_CS,
-    k: int = lab.DEFAULT_FOLDS,
+    cs: Sequence[float] = DEFAULT_CS,
+    k: int = DEFAULT_FOLDS,
     seed: int = 0,
     nested: bool = True,
     n_random: int = 200,
@@ -251,12 +260,12 @@ def learn(
         n_random: Random directions per layer for the baseline.
         progress: ``progress(done, total)`` over probe fits.
         default_layer: The layer the contrastive set chose without labels: kept unless
-            another layer agrees clearly more (``labelled.choose_candidate``).
+            another layer agrees clearly more (``probe.choose_candidate``).
     """
     if lset.n < 2 * k:
         raise ValueError(f"{lset.n} labelled pairs are too few for {k}-fold cross-validation")
     longer = lset.longer
-    learned = lab.learn_direction(
+    learned = learn_direction(
         lset.diffs,
         settings,
         cs,
@@ -271,7 +280,7 @@ def learn(
     )
     quality = learned.layer_quality(lset.diffs, longer, n_random)
     contrast_quality = (
-        lab.labelled_quality(
+        labelled_quality(
             lset.diffs, {k_: v for k_, v in contrastive.items() if k_ in lset.diffs}, longer, 0
         )
         if contrastive
@@ -279,13 +288,13 @@ def learn(
     )
     nested_iv = shorter = longer_iv = None
     if learned.nested_margins is not None:
-        nested_iv = lab.agreement_interval(learned.nested_margins)
-        shorter, longer_iv = lab.length_split(learned.nested_margins, longer)
+        nested_iv = agreement_interval(learned.nested_margins)
+        shorter, longer_iv = length_split(learned.nested_margins, longer)
     return LearnReport(
         learned=learned,
         quality=quality,
         contrastive=contrast_quality,
-        length_baseline=lab.length_baseline(lset.chosen_lengths, lset.rejected_lengths, lset.signs),
+        length_baseline=length_baseline(lset.chosen_lengths, lset.rejected_lengths, lset.signs),
         nested=nested_iv,
         nested_shorter=shorter,
         nested_longer=longer_iv,
@@ -326,22 +335,8 @@ def learned_direction(
         name=name or base.name,
         n_train=learned.n,
         n_test=0,
-        labels=json_safe(labels),
+        labels=json_safe(labels),  # NaN (a baseline not measured) as None
     )
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN: a baseline not measured) as None:
-    PostgreSQL's JSON refuses NaN, and JSON itself has no such number."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _interval(iv: Interval | None) -> dict[str, float] | None:
@@ -411,7 +406,7 @@ class Learned:
 
     report: LearnReport
     direction: Direction
-    curve: list[lab.CurvePoint]
+    curve: list[CurvePoint]
     n_labels: int
 
 
@@ -428,7 +423,7 @@ def learn_from_reviews(
     store: Store,
     run_id: int,
     admins: Any = frozenset(),
-    k: int = lab.DEFAULT_FOLDS,
+    k: int = DEFAULT_FOLDS,
     seed: int = 0,
     repeats: int = 5,
     progress: Callable[[int, int], None] | None = None,
@@ -458,7 +453,7 @@ def learn_from_reviews(
     )
     direction = learned_direction(report, lset, base, name=f"{base.name} + {lset.n} reviews")
     pool = lset.n - max(1, round(lset.n * 0.3))
-    curve = lab.learning_curve(
+    curve = learning_curve(
         lset.diffs[layer],
         curve_sizes(pool),
         DEFAULT_PROBE,
@@ -467,7 +462,7 @@ def learn_from_reviews(
         longer=lset.longer,
         repeats=repeats,
         seed=seed,
-        cs=lab.DEFAULT_CS,
+        cs=DEFAULT_CS,
         k=k,
     )
     return Learned(report, direction, curve, lset.n)
@@ -478,7 +473,7 @@ def learn_from_dataset(
     store: Store,
     dataset_id: int,
     build: Any,
-    k: int = lab.DEFAULT_FOLDS,
+    k: int = DEFAULT_FOLDS,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Learned:
@@ -514,7 +509,7 @@ def learn_from_dataset(
     return Learned(report, learned_direction(report, lset, base, name=name), [], lset.n)
 
 
-def curve_frame(points: Sequence[lab.CurvePoint]) -> Any:
+def curve_frame(points: Sequence[CurvePoint]) -> Any:
     """The learning curve as a table: labels learned from, mean and spread of agreement."""
     import pandas as pd
 

@@ -12,7 +12,8 @@ from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import Store
 from legend_core.method.encode import EncodeSettings
 from legend_core.method.models import load_model
-from legend_core.method.pipeline import annotate_dataset, build_direction
+from legend_core.method.pipeline import build_direction
+from legend_core.workflows.annotate import annotate_dataset
 from tests.browser.test_e2e import idle, nav, shoot
 
 pytestmark = pytest.mark.browser

@@ -6,7 +6,7 @@ Create Date: 2026-12-02 00:00:00
 
 - ``embedding_blocks``: one row per block of up to 4,096 vectors of one space, one dtype
   and one width (keys and vectors as two blobs, a CRC-32 over both); see
-  ``legend_core.data.block_cache`` for the format and why.
+  ``legend_core.data.store.blocks`` for the format and why.
 - ``embedding_keys``: one row per cached text, ``(space_id, key)`` -> ``(block_id,
   row_no)``.
 - Every vector of the old one-row-per-text ``embeddings`` table is packed into blocks,
@@ -39,7 +39,7 @@ down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-#: Most vectors and most bytes of vectors per block (as legend_core.data.block_cache at 0005).
+#: Most vectors and most bytes of vectors per block (as legend_core.data.store.blocks at 0005).
 BLOCK_ROWS = 4_096
 BLOCK_BYTES = 16 * 2**20
 #: Old rows read per query.

@@ -27,10 +27,12 @@ What every reader may rely on (each write keeps it, :func:`write_block`, :func:`
    with the rest, in one transaction.
 3. Every block read is checked against its CRC-32 (header, keys and vectors) and its
    lengths; a block that fails is reported (:class:`CacheCorruptionError`), never used.
-4. No block holds a vector a forward pass cannot give (:func:`vector_problem`).
+4. No block holds a vector a forward pass cannot give
+   (:func:`legend_core.method.margins.vector_problem`).
 
 Nothing here imports torch, and nothing here manages transactions: each function runs on
-the caller's ``Connection`` (the store decides where transactions begin and end).
+the caller's ``Connection`` (the store's :mod:`~legend_core.data.store.cache` decides where
+transactions begin and end).
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select
 
 from legend_core.data.schema import EmbeddingBlock, EmbeddingKey
-from legend_core.method.margins import projections
+from legend_core.data.store.engine import BULK_IN_CHUNK, insert_or_skip
+from legend_core.method.margins import projections, vector_problem
 from legend_core.util import chunks
 
-#: Bytes of a key (a SHA-256 digest, see ``store.text_key``).
+#: Bytes of a key (a SHA-256 digest, see :func:`legend_core.util.text_key`).
 KEY_BYTES = 32
 #: Most vectors per block; a put of more writes several blocks.
 BLOCK_ROWS = 4_096
@@ -84,27 +87,7 @@ class LostRace(Exception):
     """A concurrent writer cached some of this block's keys first: roll back, write again."""
 
 
-def _db() -> tuple[int, Any]:
-    # The dialect-specific code stays in the store's one marked section (imported here,
-    # late, because the store imports this module).
-    from legend_core.data.store import BULK_IN_CHUNK, insert_or_skip
-
-    return BULK_IN_CHUNK, insert_or_skip
-
-
-# --- what may be cached -----------------------------------------------------------------------
-
-
-def vector_problem(vector: np.ndarray) -> str:
-    """Why a hidden state cannot be right ("" when it can): empty, not finite, or all zeros
-    (a pass that stopped early or pooled nothing)."""
-    if vector.size == 0:
-        return "it is empty"
-    if not np.isfinite(vector).all():
-        return "it has NaN or infinite values"
-    if not vector.any():
-        return "it is all zeros"
-    return ""
+# --- what may be cached (the rule: legend_core.method.margins.vector_problem) -----------------
 
 
 def _refuse(key: bytes, problem: str) -> ValueError:
@@ -282,7 +265,7 @@ class KeyLookup:
             self._fallback = index
         self.prefix = np.ascontiguousarray(self.unique[:, 0])
         # The slot table: -1 empty, -2 shared by several keys, else the key's position.
-        bits = min(24, max(1, int(len(self)).bit_length() + 2))
+        bits = min(24, max(1, len(self).bit_length() + 2))
         self._shift = np.uint64(64 - bits)
         slots = (self.prefix >> self._shift).astype(np.intp)
         counts = np.bincount(slots, minlength=1 << bits)
@@ -362,9 +345,8 @@ def _probe(
     conn: Connection, space_id: int, keys: Sequence[bytes]
 ) -> dict[int, list[tuple[bytes, int]]]:
     """Where those of ``keys`` that are cached are: block id -> its ``(key, row)`` pairs."""
-    in_chunk, _ = _db()
     where: dict[int, list[tuple[bytes, int]]] = {}
-    for chunk in chunks(sorted(keys), in_chunk):
+    for chunk in chunks(sorted(keys), BULK_IN_CHUNK):
         query = select(KEYS.c.key, KEYS.c.block_id, KEYS.c.row_no)
         query = query.where(KEYS.c.space_id == space_id, KEYS.c.key.in_(chunk))
         for key, block_id, row_no in conn.execute(query):
@@ -532,7 +514,6 @@ def insert_block(conn: Connection, space_id: int, keys: Sequence[bytes], matrix:
     Raises:
         LostRace: An index row was already taken (roll the transaction back).
     """
-    _, insert_or_skip = _db()
     row = encode_block(keys, matrix)
     block_id = conn.execute(insert(BLOCKS), {"space_id": space_id, **row}).inserted_primary_key[0]
     # Ascending keys (the block's order): two writers lock index entries in one order.
@@ -560,9 +541,8 @@ def write_block(conn: Connection, space_id: int, keys: Sequence[bytes], matrix: 
             transaction back and call again (the check then leaves that key out).
         ValueError: The space holds vectors of another width.
     """
-    in_chunk, _ = _db()
     present: set[bytes] = set()
-    for chunk in chunks(list(keys), in_chunk):
+    for chunk in chunks(list(keys), BULK_IN_CHUNK):
         query = select(KEYS.c.key).where(KEYS.c.space_id == space_id, KEYS.c.key.in_(chunk))
         present.update(bytes(k) for k in conn.scalars(query))
     keep = [i for i, key in enumerate(keys) if key not in present]
