@@ -38,9 +38,14 @@ from bench.common import HH_DEV, ROOT, cpu_seconds, fmt, print_machine, table, w
 LEGEND = [sys.executable, "-m", "legend_core"]
 
 
+THREADS: dict[str, str] = {}
+#: Directions are kept between runs (git-ignored): building one takes minutes on a CPU.
+DIRECTIONS = ROOT / "bench" / "out" / "annotate_directions"
+
+
 def _run(args: list[str]) -> float:
     """Wall seconds of one ``legend`` command in a fresh process (it must succeed)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **THREADS}
     start = time.perf_counter()
     done = subprocess.run(LEGEND + args, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -52,7 +57,8 @@ def _run(args: list[str]) -> float:
 def build_direction(folder: Path, name: str, extra: list[str]) -> Path:
     """``legend build-direction`` with every default but ``extra``; the direction's path."""
     out = folder / name
-    _run(["build-direction", "--out", str(out), *extra])
+    if not out.with_suffix(".json").is_file():  # built by an earlier run: the same command
+        _run(["build-direction", "--out", str(out), *extra])
     return out
 
 
@@ -77,12 +83,22 @@ def reference_seconds(reference: Any, pairs: list[Any], settings: Any, layer: in
     return time.perf_counter() - start
 
 
-def run(small: int, large: int, rounds: int, variants: list[str]) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    small: int = 24,
+    large: int = 72,
+    rounds: int = 2,
+    variants: tuple[str, ...] = ("default",),
+) -> dict[str, Any]:
+    """The table above; ``quick`` only checks that it runs (2 and 6 pairs, one round)."""
+    if quick:
+        small, large, rounds = 2, 6, 1
     from transformers import AutoTokenizer
 
     from bench.reference import ReferenceEncoder, reference_folder
     from legend_core.data.formats import read_pairs
     from legend_core.method.directions import load_direction
+    from legend_core.method.pipeline import settings_of
 
     info = print_machine()
     pairs = read_pairs(HH_DEV, format="hh-rlhf").pairs[:large]
@@ -99,9 +115,11 @@ def run(small: int, large: int, rounds: int, variants: list[str]) -> dict[str, A
             [] if variant == "default" else ["--" + variant.split("=")[0], variant.split("=")[1]]
         )
         print(f"building the {variant} direction ...", flush=True)
-        directions[variant] = build_direction(work, variant.replace("=", "-"), extra)
+        directions[variant] = build_direction(DIRECTIONS, variant.replace("=", "-"), extra)
+    variants = list(variants)
     default = load_direction(directions[variants[0]])
-    print(f"{variants[0]} direction: layer {default.layer}, {default.settings}")
+    settings = settings_of(default)
+    print(f"{variants[0]} direction: layer {default.layer}, {settings}")
 
     folder = reference_folder()
     reference = ReferenceEncoder(folder)
@@ -113,7 +131,7 @@ def run(small: int, large: int, rounds: int, variants: list[str]) -> dict[str, A
     cpu_start = cpu_seconds()
     for round_ in range(rounds):
         for n in (small, large) if round_ % 2 == 0 else (large, small):
-            t = reference_seconds(reference, pairs[:n], default.settings, default.layer)
+            t = reference_seconds(reference, pairs[:n], settings, default.layer)
             times["reference"][n].append(t)
             print(f"reference {n} pairs: {t:.1f} s", flush=True)
             for variant in variants:
@@ -151,8 +169,17 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=72)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["default"])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads on both sides (see BENCHMARKS)"
+    )
     args = parser.parse_args()
-    write_result("annotate", run(args.small, args.large, args.rounds, args.variants))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        THREADS["OMP_NUM_THREADS"] = str(args.threads)
+    result = run(False, args.small, args.large, args.rounds, tuple(args.variants))
+    write_result("annotate", result)
 
 
 if __name__ == "__main__":
