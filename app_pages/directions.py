@@ -156,6 +156,21 @@ if job is not None and job.status == "done":
     m[3].metric("Separation", f"{q.separation:.2f}", help="Cohen's d of the two classes.")
     m[4].metric("Stability", f"{q.stability:.3f}", help="Cosine of two half-set directions.")
     m[5].metric("Length R²", f"{q.length_r2:.3f}", help="High: the direction measures length.")
+    # Saving comes before the charts: the map below can take a while to lay out, and the
+    # direction is ready to save as soon as its numbers are.
+    st.subheader("Save")
+    saved = st.session_state.setdefault("lab_saved", {})
+    default = f"{d.contrast_name} · {d.method} · layer {d.layer}"
+    name = st.text_input("Name", value=default, key=f"lab_name_{job_key}")
+    if job_key in saved:
+        st.success(f"Saved as direction #{saved[job_key]}.", icon=":material/check_circle:")
+    elif st.button("Save direction", type="primary", icon=":material/save:"):
+        new_id = s.add_direction(dataclasses.replace(d, name=name.strip() or default))
+        saved[job_key] = new_id
+        st.session_state["sel_direction"] = new_id
+        st.rerun()
+
+    st.subheader("Per layer and held out")
     layers = lab.layer_frame(d)
     t1, t2, t3, t4 = st.tabs(["Per layer", "Held-out projections", "Length check", "Map"])
     with t1:
@@ -178,18 +193,6 @@ if job is not None and job.status == "done":
         frame, note = contrast_map(job_key, result, st.session_state.get("lab_items"))
         st.plotly_chart(charts.contrast_map(frame))
         st.caption(note)
-
-    st.subheader("Save")
-    saved = st.session_state.setdefault("lab_saved", {})
-    default = f"{d.contrast_name} · {d.method} · layer {d.layer}"
-    name = st.text_input("Name", value=default, key=f"lab_name_{job_key}")
-    if job_key in saved:
-        st.success(f"Saved as direction #{saved[job_key]}.", icon=":material/check_circle:")
-    elif st.button("Save direction", type="primary", icon=":material/save:"):
-        new_id = s.add_direction(dataclasses.replace(d, name=name.strip() or default))
-        saved[job_key] = new_id
-        st.session_state["sel_direction"] = new_id
-        st.rerun()
 
 # --- learn from labels -----------------------------------------------------------------------
 st.divider()
