@@ -96,10 +96,10 @@ def test_legend_annotate_engine_ray_records_one_dtype(tmp_path, tiny_lm, local_r
 
 def test_actor_dtype_is_resolved_on_the_driver():
     from legend_core.method.distributed import actor_dtype
-    from legend_core.method.models import ModelLoadError, cpu_has_bf16
+    from legend_core.method.models import ModelLoadError, resolve_dtype
 
     assert actor_dtype("float16", "cpu") == "float16"
     assert actor_dtype("auto", "cuda") == "bfloat16"
-    assert actor_dtype("auto", "cpu") == ("bfloat16" if cpu_has_bf16() else "float32")
+    assert actor_dtype("auto", "cpu") == str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     with pytest.raises(ModelLoadError, match="Unknown dtype"):
         actor_dtype("float8", "cpu")

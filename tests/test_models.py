@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import torch
 
+from legend_core.method import models
 from legend_core.method.models import (
     ModelLoadError,
+    cpu_bf16_speedup,
     cpu_has_bf16,
     load_model,
     resolve_device,
@@ -27,21 +30,51 @@ def test_local_folder_loads_without_a_head(tiny_lm, tiny_model_dir):
 def test_dtype_choice(tiny_model_dir):
     lm = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert lm.dtype == torch.bfloat16
-    native = torch.bfloat16 if cpu_has_bf16() else torch.float32
-    assert resolve_dtype("auto", "cpu") == native
+    fast = cpu_has_bf16() and cpu_bf16_speedup() >= models.BF16_MIN_SPEEDUP
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if fast else torch.float32)
 
 
-def test_auto_dtype_on_cpu_follows_native_bf16(monkeypatch):
-    import legend_core.method.models as models
-
+def test_auto_dtype_on_cpu_needs_bf16_instructions_and_speed(monkeypatch):
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_bf16_speedup", lambda: 3.0)  # a Zen 5
     assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_bf16_speedup", lambda: 0.55)  # this Xeon, same flag
+    assert resolve_dtype("auto", "cpu") == torch.float32
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
-    from legend_core.method.models import cpu_has_bf16
-
-    expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
-    assert resolve_dtype("auto", "cpu") == expected
+    monkeypatch.setattr(models, "cpu_bf16_speedup", lambda: 3.0)
+    assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("float32", "cpu") == torch.float32
+
+
+def test_bf16_speed_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEGEND_MODEL_CACHE", str(tmp_path / "models"))
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(models, "_speedup", None)
+    measured = []
+
+    def measure() -> float:
+        measured.append(1)
+        return 2.5
+
+    monkeypatch.setattr(models, "_measure_bf16_speedup", measure)
+    assert models.cpu_bf16_speedup() == 2.5
+    record = tmp_path / "cpu_dtype.json"
+    assert json.loads(record.read_text())["bf16_speedup"] == 2.5
+    monkeypatch.setattr(models, "_speedup", None)  # a second process reads the record
+    assert models.cpu_bf16_speedup() == 2.5 and measured == [1]
+    # A record of another CPU or torch is measured again.
+    record.write_text(json.dumps({**json.loads(record.read_text()), "cpu": "another CPU"}))
+    monkeypatch.setattr(models, "_speedup", None)
+    assert models.cpu_bf16_speedup() == 2.5 and measured == [1, 1]
+    # A broken record is measured again, not an error.
+    record.write_text("{not json")
+    monkeypatch.setattr(models, "_speedup", None)
+    assert models.cpu_bf16_speedup() == 2.5 and measured == [1, 1, 1]
+
+
+def test_the_bf16_probe_measures_a_real_ratio():
+    ratio = models._measure_bf16_speedup()
+    assert ratio > 0 and ratio == ratio  # finite and positive, whatever this CPU is
 
 
 def test_fingerprint_changes_when_weights_change(tmp_path, tiny_model_dir):

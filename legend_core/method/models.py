@@ -104,26 +104,98 @@ def resolve_device(device: Device | str = "auto") -> str:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), per /proc/cpuinfo.
-
-    There bfloat16 matrix multiplies run ~4x faster than float32 ones and hidden states stay
-    within cosine 0.999 of float32 (see BENCHMARKS.md); elsewhere bfloat16 is emulated, slower.
-    """
+def _cpuinfo() -> tuple[str, set[str]]:
+    """This CPU's model name and flags, from /proc/cpuinfo (empty where there is none)."""
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:
-                if line.startswith("flags"):
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
                     flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
     except OSError:
         pass
-    return False
+    return name, flags
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), per /proc/cpuinfo.
+
+    Having them is not being fast with them: see :func:`cpu_bf16_speedup`.
+    """
+    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+#: bfloat16 is the CPU default only where its matrix multiplies clearly beat float32's. The
+#: flag alone misleads: on an AMD Zen 5 they ran ~3x float32's, on an Intel Xeon with the same
+#: AVX512-BF16 flag (under KVM) at 0.55x, which made ``auto`` 1.5x slower than float32 there
+#: (BENCHMARKS.md). The margin keeps a loaded machine's noise from flipping the choice.
+BF16_MIN_SPEEDUP = 1.5
+#: The probe: one linear layer of a small model's MLP (rows x in -> out), float32 and
+#: bfloat16 interleaved, median of the rounds.
+_PROBE_SHAPE, _PROBE_ROUNDS = (1024, 576, 1536), 7
+_speedup: float | None = None
+
+
+def _measure_bf16_speedup() -> float:
+    import time
+
+    import torch
+
+    rows, n_in, n_out = _PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, n_in, generator=generator)
+    w = torch.randn(n_out, n_in, generator=generator)
+    pairs = {dt: (x.to(dt), w.to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    times: dict[Any, list[float]] = {dt: [] for dt in pairs}
+    with torch.no_grad():
+        for round_ in range(_PROBE_ROUNDS + 1):
+            for dt, (a, b) in pairs.items():
+                start = time.perf_counter()
+                torch.nn.functional.linear(a, b)
+                if round_:  # the first round warms the kernels up
+                    times[dt].append(time.perf_counter() - start)
+    f32, bf16 = (sorted(times[dt])[len(times[dt]) // 2] for dt in pairs)
+    return f32 / bf16
+
+
+def cpu_bf16_speedup() -> float:
+    """float32 time over bfloat16 time of a matrix multiply on this CPU (0 without bfloat16
+    instructions): measured once per machine and torch version, kept beside the model cache
+    (``cpu_dtype.json``) so that every process on the machine makes the same choice."""
+    global _speedup
+    if _speedup is not None:
+        return _speedup
+    import torch
+
+    name, _ = _cpuinfo()
+    if not cpu_has_bf16():
+        _speedup = 0.0
+        return _speedup
+    record = config.model_cache_dir().parent / "cpu_dtype.json"
+    identity = {"cpu": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in identity} == identity:
+            _speedup = float(saved["bf16_speedup"])
+            return _speedup
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    _speedup = _measure_bf16_speedup()
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**identity, "bf16_speedup": _speedup}), encoding="utf-8")
+        os.replace(tmp, record)
+    except OSError:  # a read-only home: measured again by the next process
+        pass
+    return _speedup
 
 
 def resolve_dtype(dtype: DType | str, device: str) -> Any:
-    """``auto`` is bfloat16 on a CPU with native bfloat16 (else float32), and bfloat16 (or
-    float16) on a GPU."""
+    """``auto`` is bfloat16 on a CPU where bfloat16 is clearly faster (:data:`BF16_MIN_SPEEDUP`,
+    else float32), and bfloat16 (or float16) on a GPU."""
     import torch
 
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -132,7 +204,8 @@ def resolve_dtype(dtype: DType | str, device: str) -> Any:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device == "mps":
             return torch.float16
-        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+        fast = cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+        return torch.bfloat16 if fast else torch.float32
     if dtype not in names:
         raise ModelLoadError(f"Unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
     return names[dtype]
