@@ -7,7 +7,8 @@ import streamlit as st
 from app_pages import _common as ui
 from legend_core import config
 from legend_core.app import views
-from legend_core.app.queue import next_unreviewed, queue_position, step
+from legend_core.app.queue import list_step, ordered_queue
+from legend_core.data.store import QueueStep
 from legend_core.review.policy import POLICY_POINTS, AnnotatorState
 
 st.title("Review")
@@ -84,9 +85,10 @@ st.radio(
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def computed(db: str, run_id: int, n_margins: int) -> pd.Series:
-    """The run's computed margins by pair id (they never change once computed)."""
+    """The run's computed margins by pair id (they never change once computed), smallest
+    first: the percentile of each step then sorts an array already in order."""
     frame = ui.store().run_frame(run_id)
-    return frame.set_index("pair_id")["computed_margin"]
+    return frame.set_index("pair_id")["computed_margin"].sort_values(kind="stable")
 
 
 def act(pair_id: int, action: str, following: int | None) -> None:
@@ -127,6 +129,25 @@ def label_word(flipped: bool, disputed: bool, flagged: bool) -> str:
     return FLAGGED_WORDS[word] if flagged else word
 
 
+def where(
+    current: int | None, ids: list[int] | None, order: str, seen_by: str | None
+) -> QueueStep | None:
+    """Where ``current`` stands in the queue shown (``ids``: a listed queue, else the run's
+    whole queue); reviews are read from the database now, whoever made them."""
+    if ids is None:
+        # The whole run: the store steps by keys (a few index rows), never lists 100k ids.
+        return s.queue_step(run.id, order, current, annotator=seen_by)
+    queue = ordered_queue(s, run.id, order, ids, run.n_margins, st.session_state)
+    return list_step(s, run.id, queue, current, annotator=seen_by)
+
+
+def go_unreviewed(ids: list[int] | None, order: str, seen_by: str | None) -> None:
+    """Button callback: the next unreviewed pair as of the click (another annotator may have
+    reviewed the one that was next when the page was drawn)."""
+    here = where(st.session_state.get("review_current"), ids, order, seen_by)
+    go(None if here is None else here.next_unreviewed)
+
+
 @st.fragment
 def review_pane() -> None:
     """One pair at a time; its buttons rerun only this pane."""
@@ -138,36 +159,30 @@ def review_pane() -> None:
     else:
         ids = None
     order = st.session_state.get("review_order", "disagreement")
-    queue = s.review_queue(run.id, order, pair_ids=ids)
-    if not queue:
-        st.info("This queue is empty.", icon=":material/info:")
-        return
-    current = st.session_state.get("review_current")
-    if queue_position(queue, current) is None:
-        current = queue[0]
-        st.session_state["review_current"] = current
-    pos = queue_position(queue, current)
     # Under blind review, counts and "next unreviewed" are this annotator's own: others'
     # progress would tell which pairs they reviewed. "Reviewed" means holding a verdict.
     seen_by = ui.seen_by()
+    here = where(st.session_state.get("review_current"), ids, order, seen_by)
+    if here is None:
+        st.info("This queue is empty.", icon=":material/info:")
+        return
+    current, pos = here.current, here.position
+    st.session_state["review_current"] = current
     reviewed, remaining = s.review_counts(run.id, annotator=seen_by)
     total = max(1, reviewed + remaining)
     by = " by you" if seen_by is not None else ""
     st.progress(reviewed / total, text=f"{reviewed:,} reviewed{by} · {remaining:,} remaining")
 
-    prev_id, next_id = step(queue, current, -1), step(queue, current, 1)
-    todo = s.review_queue(run.id, order, pair_ids=queue, unreviewed_only=True, annotator=seen_by)
+    next_id = here.next
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.button("Previous", shortcut="P", on_click=go, args=(prev_id,), disabled=pos == 0)
-        st.button(
-            "Next", shortcut="N", on_click=go, args=(next_id,), disabled=pos == len(queue) - 1
-        )
+        st.button("Previous", shortcut="P", on_click=go, args=(here.previous,), disabled=pos == 0)
+        st.button("Next", shortcut="N", on_click=go, args=(next_id,), disabled=next_id is None)
         st.button(
             "Next unreviewed",
             shortcut="U",
-            on_click=go,
-            args=(next_unreviewed(queue, current, todo),),
-            disabled=not todo or todo == [current],
+            on_click=go_unreviewed,
+            args=(ids, order, seen_by),
+            disabled=here.next_unreviewed is None,
         )
         st.toggle("Go to the next pair after each action", value=True, key="review_advance")
 
@@ -182,7 +197,7 @@ def review_pane() -> None:
     value = float(margins.get(current, float("nan")))
     shown = state.shown_margin
     m = st.columns(6)
-    m[0].metric("Pair", f"{pos + 1:,} of {len(queue):,}", help=f"Pair id {current}")
+    m[0].metric("Pair", f"{pos + 1:,} of {here.size:,}", help=f"Pair id {current}")
     m[1].metric("Computed margin", f"{value:.3f}")
     m[2].metric("Percentile", f"{views.percentile_of(margins.to_numpy(), value):.0f}")
     m[3].metric(

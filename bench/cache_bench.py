@@ -11,14 +11,16 @@ float16 vectors in blocks of 512 (what ``annotate_dataset`` writes: one block pe
   read by a scan in 8,192-row partitions, float16 joined and converted per partition,
   ``margins.projections`` per batch, a dict of projections), reproduced below on the same
   vectors in a file of its own; interleaved, medians; the projections must be equal bit
-  for bit. Then ``annotate_dataset`` end to end on the block store, with its steps timed
-  apart.
+  for bit. Then ``annotate_dataset`` end to end on the block store against the path
+  before (``bench/annotate_cached.py``), and the same on 100,000 pairs with HH-RLHF-sized
+  texts.
 - **1,000,000 pairs** (2,000,000 vectors, synthetic): each pass in a fresh interpreter
   (peak memory = ``VmHWM``), blocks and rows alike, after both databases were built in
   another one. The page cache is warm (the files were just written and read).
 - **Migration** of the 100,000-pair row cache into blocks (revision 0005), once.
 
-``python -m bench.cache_bench [--quick]``; results in ``bench/out/cache.json``.
+``python -m bench.cache_bench [--quick]``; results in ``bench/out/cache.json``. The end-to-end
+rows alone: ``python -m bench.annotate_cached``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    Timing,
     current_rss_mib,
     fmt,
     in_subprocess,
@@ -145,12 +146,37 @@ def row_cache_pass(url: str, keys: list[bytes], direction: np.ndarray) -> dict[b
 # --- building the databases --------------------------------------------------------------------
 
 
+def synthetic_pairs(n_pairs: int, hh_sized: bool = False) -> list[Any]:
+    """``n_pairs`` distinct stored pairs: a few bytes of text each, or (``hh_sized``) real
+    HH-RLHF harmless dev pairs cycled, each prompt with the next pair's dialogue before it
+    as earlier turns and a copy number (about 1.3 KB of text per pair, distinct texts)."""
+    from legend_core.types import PreferencePair
+
+    if not hh_sized:
+        return [
+            PreferencePair(f"prompt {i}", f"chosen {i}", f"rejected {i}") for i in range(n_pairs)
+        ]
+    from bench.common import hh_pairs
+
+    dev = hh_pairs(100_000)
+    out = []
+    for i in range(n_pairs):
+        p, earlier = dev[i % len(dev)], dev[(i + 1) % len(dev)]
+        prompt = f"{earlier.prompt}\n\n(copy {i})\n\n{p.prompt}"
+        out.append(PreferencePair(prompt, p.chosen, p.rejected))
+    return out
+
+
 def build(
-    directory: Path, n_pairs: int, with_pairs: bool, progress: Callable[[str], None] = print
+    directory: Path,
+    n_pairs: int,
+    with_pairs: bool,
+    progress: Callable[[str], None] = print,
+    hh_sized: bool = False,
+    rows_cache: bool = True,
 ) -> dict[str, Any]:
     """A block store (``blocks.db``) and a row cache (``rows.db``) of the same vectors."""
     from legend_core.data.store import Store
-    from legend_core.types import PreferencePair
     from legend_core.util import text_key
 
     start = time.perf_counter()
@@ -159,9 +185,7 @@ def build(
     rows.execute(ROWS_SCHEMA)
     dataset_id = None
     if with_pairs:
-        pairs = [
-            PreferencePair(f"prompt {i}", f"chosen {i}", f"rejected {i}") for i in range(n_pairs)
-        ]
+        pairs = synthetic_pairs(n_pairs, hh_sized)
         dataset_id = store.add_dataset("cached", pairs)
         chosen_keys = [text_key(p.prompt, p.chosen) for p in pairs]
         rejected_keys = [text_key(p.prompt, p.rejected) for p in pairs]
@@ -174,11 +198,12 @@ def build(
         batch_keys = chosen_keys[lo:hi] + rejected_keys[lo:hi]
         matrix = np.concatenate([chosen, rejected])
         store.put_embeddings(space(), dict(zip(batch_keys, matrix)))
-        rows.executemany(
-            "INSERT INTO embeddings VALUES (1, ?, '<f2', ?)",
-            [(k, v.tobytes()) for k, v in zip(batch_keys, matrix)],
-        )
-        rows.commit()
+        if rows_cache:
+            rows.executemany(
+                "INSERT INTO embeddings VALUES (1, ?, '<f2', ?)",
+                [(k, v.tobytes()) for k, v in zip(batch_keys, matrix)],
+            )
+            rows.commit()
         if lo % (100 * PUT_PAIRS) == 0 and lo:
             progress(f"  built {lo:,} of {n_pairs:,} pairs ({time.perf_counter() - start:.0f}s)")
     rows.close()
@@ -252,40 +277,6 @@ def big_run(n_pairs: int, repeats: int) -> dict[str, Any]:
 # --- 100,000 pairs in this process ------------------------------------------------------------
 
 
-def annotate_steps(store: Any, dataset_id: int, direction_id: int) -> dict[str, float]:
-    """The steps of ``annotate_dataset`` for a cached data set, each timed once."""
-    from legend_core.data.store import EmbeddingSpace
-    from legend_core.util import text_key
-    from legend_core.workflows.annotate import run_settings
-
-    direction = store.get_direction(direction_id)
-    settings = run_settings(direction, "float32")
-    run_id = store.start_run(dataset_id, direction_id, settings)
-    steps: dict[str, float] = {}
-    missing, steps["pairs_missing_margins"], _ = timed(lambda: store.pairs_missing_margins(run_id))
-    keys, steps["text keys"], _ = timed(
-        lambda: (
-            [text_key(p.prompt, p.chosen) for p in missing]
-            + [text_key(p.prompt, p.rejected) for p in missing]
-        )
-    )
-    sp = EmbeddingSpace.from_settings(settings)
-    _, steps["cached_keys"], _ = timed(lambda: store.cached_keys(sp, keys))
-    projected, steps["project_embeddings"], _ = timed(
-        lambda: store.project_embeddings(sp, keys, direction.vector)
-    )
-    n = len(missing)
-    values = projected.values[:n] - projected.values[n:]
-
-    def add() -> None:
-        for lo in range(0, n, 8192):
-            ids = [p.id for p in missing[lo : lo + 8192]]
-            store.add_margins(run_id, ids, values[lo : lo + 8192].tolist())
-
-    _, steps["add_margins"], _ = timed(add)
-    return steps
-
-
 def migration_run(directory: Path, n_pairs: int) -> dict[str, Any]:
     """Upgrade a copy of the row cache, at revision 0004, to blocks; time it once."""
     import sqlalchemy as sa
@@ -328,12 +319,9 @@ def migration_run(directory: Path, n_pairs: int) -> dict[str, Any]:
 
 
 def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
-    from types import SimpleNamespace
-
+    from bench.annotate_cached import end_to_end
     from legend_core.data.store import Store
-    from legend_core.method.directions import Direction
     from legend_core.util import text_key
-    from legend_core.workflows.annotate import annotate_dataset
 
     with tempfile.TemporaryDirectory(prefix="legend-cache-bench-") as tmp:
         folder = Path(tmp)
@@ -355,32 +343,9 @@ def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
         theirs = row_cache_pass(rows_url, keys, vector)
         identical = bool(np.array_equal(ours.values, np.array([theirs[k] for k in keys])))
 
-        # annotate_dataset end to end, a new direction each time (no forward pass can run:
-        # the stand-in model has no weights).
-        stub = SimpleNamespace(
-            fingerprint=FINGERPRINT, hidden_size=DIM, num_layers=30, label="bench-model"
-        )
-        stub.dtype_name = "float32"
-        annotate = Timing()
-        steps = []
-        for seed in range(repeats):
-            direction = Direction(
-                direction_vector(100 + seed), "bench-model", LAYER, "mean", "alpaca", "mean_diff"
-            )
-            direction.model_fingerprint = FINGERPRINT
-            direction_id = store.add_direction(direction)
-            timed(
-                lambda d=direction_id: annotate_dataset(store, stub, built["dataset_id"], d),
-                annotate,
-            )
-            other = Direction(
-                direction_vector(200 + seed), "bench-model", LAYER, "mean", "alpaca", "mean_diff"
-            )
-            other.model_fingerprint = FINGERPRINT
-            steps.append(annotate_steps(store, built["dataset_id"], store.add_direction(other)))
+        e2e = end_to_end(store, built["dataset_id"], repeats)  # bench/annotate_cached.py
         store.close()
         migration = migration_run(folder, n_pairs)
-    step_medians = {k: float(np.median([s[k] for s in steps])) for k in steps[0]}
     return {
         "pairs": n_pairs,
         "build": built,
@@ -388,18 +353,24 @@ def small_run(n_pairs: int, repeats: int) -> dict[str, Any]:
         "rows": timings["rows"].as_dict(),
         "ratio_wall": timings["rows"].median_wall / timings["blocks"].median_wall,
         "identical_bits": identical,
-        "annotate_dataset": annotate.as_dict(),
-        "annotate_steps_median_s": step_medians,
+        "end_to_end": e2e,
         "migration": migration,
     }
+
+
+HEADER = ["step", "wall s (median)", "peak RSS MiB", "time / ours"]
 
 
 def run(
     quick: bool = False, pairs: int | None = None, big_pairs: int | None = None
 ) -> dict[str, Any]:
+    from bench.annotate_cached import end_to_end_rows, hh_sized_run, print_steps
+
     print("== embedding cache: blocks against rows, a new direction's projection pass ==")
     info = print_machine()
-    small = small_run(pairs or (5_000 if quick else PAIRS), 1 if quick else 5)
+    n_pairs, repeats = pairs or (5_000 if quick else PAIRS), 1 if quick else 5
+    small = small_run(n_pairs, repeats)
+    hh = hh_sized_run(n_pairs, repeats)
     big = big_run(big_pairs or (20_000 if quick else BIG_PAIRS), 1 if quick else 3)
     print(
         table(
@@ -416,12 +387,7 @@ def run(
                     "",
                     fmt(small["ratio_wall"]),
                 ],
-                [
-                    f"{small['pairs']:,} pairs: annotate_dataset end to end (blocks)",
-                    fmt(small["annotate_dataset"]["median_wall_s"]),
-                    "",
-                    "",
-                ],
+                *end_to_end_rows(small, hh),
                 [
                     f"{big['pairs']:,} pairs: project_embeddings (blocks), fresh process",
                     fmt(big["blocks"]["median_wall_s"]),
@@ -441,17 +407,17 @@ def run(
                     "",
                 ],
             ],
-            ["step", "wall s (median)", "peak RSS MiB", "time / blocks"],
+            HEADER,
         )
     )
-    steps = ", ".join(f"{k} {v:.2f}s" for k, v in small["annotate_steps_median_s"].items())
-    print(f"annotate_dataset's steps ({small['pairs']:,} pairs): {steps}")
+    print_steps(f"{small['pairs']:,} pairs", small)
+    print_steps(f"{hh['pairs']:,} pairs, HH-RLHF-sized texts", hh)
     print(
         f"identical projections, bit for bit: {small['identical_bits']} "
         f"({small['pairs']:,} pairs), {big['identical_bits']} ({big['pairs']:,} pairs)"
     )
-    out = {"machine": info, "small": small, "big": big, "load_after": os.getloadavg()[0]}
-    write_result("cache", out)
+    out = {"machine": info, "small": small, "hh_sized": hh, "big": big}
+    write_result("cache", out | {"load_after": os.getloadavg()[0]})
     return out
 
 

@@ -6,9 +6,11 @@ a fresh interpreter so that its time and peak memory are its own:
 
 1. **import**: ``Store.import_file`` (parse, check, insert) into a new SQLite file;
 2. **margins**: a direction and a margin run with a margin for every pair (``add_margins``);
-3. **review queue**: 500 reviews on the front of the queue, then what the Review page runs
-   for each pair it shows (``review_queue``, ``review_counts``, the unreviewed rest of the
-   queue) timed many times, together and one by one;
+3. **review queue**: 500 reviews on the front of the queue, then what the Review page reads
+   for each pair it shows (``queue_step`` and ``review_counts``, at the first unreviewed
+   pair), timed many times, together and one by one, at the front, middle and end of the
+   queue, in each order, for a selection of 10,000 pairs, and against listing the whole
+   queue (what the page read at every step before ``queue_step``);
 4. **export**: ``export_dataset`` to JSONL and to Parquet (TRL-ready rows + manifest).
 
 Baselines, in the same run: the file parsed with ``json.loads`` and inserted with bare
@@ -156,37 +158,74 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
         for pair_id in front:
             store.add_review(pair_id, "bench", "accept", run_id=run_id)
 
-        def timings(fn: Any) -> dict[str, float]:
+        def timings(fn: Any, repeats: int = QUERY_REPEATS) -> dict[str, float]:
             fn()
             samples = []
-            for _ in range(QUERY_REPEATS):
+            for _ in range(repeats):
                 start = time.perf_counter()
                 fn()
                 samples.append(time.perf_counter() - start)
             samples.sort()
             return {
                 "median_ms": 1000 * statistics.median(samples),
-                "p95_ms": 1000 * samples[int(0.95 * len(samples)) - 1],
+                "p95_ms": 1000 * samples[max(0, int(0.95 * len(samples)) - 1)],
                 "max_ms": 1000 * samples[-1],
+                "calls": repeats,
             }
 
-        def page_step() -> None:
-            # What app_pages/review.py runs for each pair it shows (whole run, default order).
-            queue = store.review_queue(run_id)
-            store.review_counts(run_id)
-            store.review_queue(run_id, pair_ids=queue, unreviewed_only=True)
+        from legend_core.app.queue import list_step, ordered_queue
+
+        queue = store.review_queue(run_id)
+        frontier = queue[N_REVIEWS]  # the first unreviewed pair: where a reviewer stands
+        middle, last = queue[len(queue) // 2], queue[-1]
+
+        def page_step(current: int = frontier, annotator: str | None = None) -> None:
+            # What app_pages/review.py reads for the queue at each pair it shows (whole run).
+            store.queue_step(run_id, "disagreement", current, annotator=annotator)
+            store.review_counts(run_id, annotator=annotator)
+
+        def pane_reads() -> None:
+            # The step and everything else the pane reads about the pair it shows.
+            page_step()
+            store.get_pair(frontier)
+            store.annotator_state(frontier, "bench")
+            store.pair_state(frontier, run_id)
+            store.pair_history(frontier)
+
+        # A selection of 10,000 pairs (Explore's chart or filter): listed once, then stepped.
+        chosen = queue[::10]
+        memo: dict[str, Any] = {}
+        listed = ordered_queue(store, run_id, "disagreement", chosen, len(queue), memo)
+
+        def listing() -> None:
+            # What the page read at every step before queue_step (less its counts): the
+            # whole queue, then its unreviewed rest.
+            store.review_queue(run_id)
+            store.review_queue(run_id, unreviewed_only=True)
 
         con = sqlite3.connect(db)
         bare_sql = "SELECT pair_id FROM margins WHERE run_id = ? ORDER BY value, pair_id"
         out = {
             "reviews": len(front),
             "review_page_step": timings(page_step),
-            "review_queue": timings(lambda: store.review_queue(run_id)),
-            "review_queue_unreviewed": timings(
-                lambda: store.review_queue(run_id, unreviewed_only=True)
+            "review_page_step_blind": timings(lambda: page_step(annotator="bench")),
+            "review_pane_reads": timings(pane_reads),
+            "queue_step_front": timings(lambda: store.queue_step(run_id, current=queue[0])),
+            "queue_step_middle": timings(lambda: store.queue_step(run_id, current=middle)),
+            "queue_step_last": timings(lambda: store.queue_step(run_id, current=last)),
+            "queue_step_least_sure": timings(
+                lambda: store.queue_step(run_id, "least_sure", current=middle)
             ),
-            "review_queue_index_order": timings(lambda: store.review_queue(run_id, order="index")),
+            "queue_step_index_order": timings(
+                lambda: store.queue_step(run_id, "index", current=middle)
+            ),
             "review_counts": timings(lambda: store.review_counts(run_id)),
+            "selection_first_listing": timings(
+                lambda: ordered_queue(store, run_id, "disagreement", chosen, len(queue), {}), 20
+            ),
+            "selection_step": timings(lambda: list_step(store, run_id, listed, listed[0])),
+            "review_queue": timings(lambda: store.review_queue(run_id), 20),
+            "whole_queue_listing": timings(listing, 20),
             "baseline_bare_sql_queue": timings(lambda: con.execute(bare_sql, (run_id,)).fetchall()),
         }
         con.close()
@@ -296,18 +335,27 @@ def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
             fmt(rev[name]["median_ms"]),
             fmt(rev[name]["p95_ms"]),
             fmt(rev[name]["max_ms"]),
+            str(rev[name]["calls"]),
         ]
         for name in (
             "review_page_step",
-            "review_queue",
-            "review_queue_unreviewed",
-            "review_queue_index_order",
+            "review_page_step_blind",
+            "review_pane_reads",
+            "queue_step_front",
+            "queue_step_middle",
+            "queue_step_last",
+            "queue_step_least_sure",
+            "queue_step_index_order",
             "review_counts",
+            "selection_first_listing",
+            "selection_step",
+            "review_queue",
+            "whole_queue_listing",
             "baseline_bare_sql_queue",
         )
     ]
-    print(f"review queue ({rev['reviews']} reviewed at its front), {QUERY_REPEATS} calls each:")
-    print(table(qrows, ["query", "median ms", "p95 ms", "max ms"]))
+    print(f"review queue ({rev['reviews']} reviewed at its front):")
+    print(table(qrows, ["query", "median ms", "p95 ms", "max ms", "calls"]))
     result = {
         "machine": info,
         "pairs": n,

@@ -42,6 +42,16 @@ def text_key(prompt: str, response: str) -> bytes:
     return hashlib.sha256(f"{prompt}\x1f{response}".encode()).digest()
 
 
+def pair_text_keys(prompt: str, chosen: str, rejected: str) -> tuple[bytes, bytes]:
+    """``(text_key(prompt, chosen), text_key(prompt, rejected))``, hashing the prompt once
+    (UTF-8 of a concatenation is the concatenation of the parts' UTF-8)."""
+    head = hashlib.sha256(f"{prompt}\x1f".encode())
+    tail = head.copy()
+    head.update(chosen.encode())
+    tail.update(rejected.encode())
+    return head.digest(), tail.digest()
+
+
 def pair_hash(prompt: str, chosen: str, rejected: str) -> str:
     """Hex SHA-256 of a pair's three texts: finds duplicates across imports, and lets a
     learned direction recognise its own training pairs in a file or a stored data set."""

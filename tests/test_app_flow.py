@@ -188,6 +188,37 @@ def test_an_annotator_can_choose_blind_review(flow, tiny_model_dir):
     monkeypatch.undo()
 
 
+def test_next_unreviewed_is_found_when_clicked(flow, tiny_model_dir):
+    """Two annotators at once: "Next unreviewed" skips the pair another annotator reviewed
+    after the page was drawn, and a step never repeats a pair."""
+    url, _, _ = flow
+    store = Store(url)
+    run_id = store.list_runs()[0].id
+    queue = store.review_queue(run_id)
+    todo = store.review_queue(run_id, unreviewed_only=True)
+    assert len(todo) >= 3
+    monkeypatch = pytest.MonkeyPatch()
+    eve = app(monkeypatch, url, tiny_model_dir)
+    eve.session_state["annotator"] = "eve"
+    eve.session_state["review_current"] = todo[0]
+    eve.run()
+    goto(eve, "review")
+    assert metrics(eve)["Pair"] == f"{queue.index(todo[0]) + 1} of 52"
+    assert not button(eve, "Next unreviewed").disabled
+    store.add_review(todo[1], "frank", "accept", run_id=run_id)  # while eve looks
+    button(eve, "Next unreviewed").click().run()
+    assert eve.session_state["review_current"] == todo[2]
+    assert metrics(eve)["Pair"] == f"{queue.index(todo[2]) + 1} of 52"
+    reviewed, remaining = store.review_counts(run_id)
+    assert f"{reviewed} reviewed · {remaining} remaining" in _progress_text(eve)
+    # Previous and Next step through every pair, reviewed or not, one at a time.
+    button(eve, "Previous").click().run()
+    assert eve.session_state["review_current"] == queue[queue.index(todo[2]) - 1]
+    button(eve, "Next").click().run()
+    assert eve.session_state["review_current"] == todo[2]
+    monkeypatch.undo()
+
+
 def test_export_downloads_reviewed_margins_and_manifest(flow):
     url, at, _ = flow
     store = Store(url)

@@ -20,7 +20,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from legend_core.data.migrations import alembic_config
+from legend_core.data.migrations import HEAD, alembic_config
 from legend_core.data.schema import Base
 from legend_core.data.store import EmbeddingSpace, Store, make_engine
 from legend_core.data.store import blocks as block_cache
@@ -493,7 +493,7 @@ def test_the_row_cache_migrates_into_blocks_without_recomputing(tmp_path, monkey
         engine.dispose()
 
         with Store(url) as store:
-            assert revision_of(url) == "0005"
+            assert revision_of(url) == HEAD
             with store.engine.connect() as conn:
                 assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
             assert check_invariants(store) == (4, 5_013)  # space 1: 4,096 + 904 + 3 wide

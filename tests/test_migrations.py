@@ -42,7 +42,14 @@ def test_migrations_ship_inside_the_package() -> None:
         assert (MIGRATIONS_DIR / name).is_file()
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD
-    assert [r.revision for r in script.walk_revisions()] == ["0005", "0004", "0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == [
+        "0006",
+        "0005",
+        "0004",
+        "0003",
+        "0002",
+        "0001",
+    ]
 
 
 def test_fresh_database_is_at_head_and_matches_the_models(tmp_path: Path) -> None:

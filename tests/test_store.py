@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from legend_core.data.formats import FormatError
-from legend_core.data.store import EmbeddingSpace, NotFoundError, Store
+from legend_core.data.store import EmbeddingSpace, NotFoundError, QueueStep, Store
 from legend_core.method.directions import Direction, LayerQuality
 from legend_core.types import ContrastItem, PreferencePair
 from legend_core.util import text_key
@@ -597,6 +597,187 @@ def test_queue_walk_on_a_large_data_set(store: Store) -> None:
     assert store.review_queue(run_id, unreviewed_only=True) == queue[200:]
     assert store.review_queue(run_id, order="index") == ids
     assert store.review_counts(run_id) == (200, n - 200)
+
+
+def _queue_world(store: Store) -> tuple[int, list[int], list[int]]:
+    """A run over 40 of a data set's 42 pairs (the first and last have no margin), margins
+    rounded to one decimal (ties in margin and in |margin|, zeros among them), a second run
+    of the same pairs, another data set's pair, and reviews of every kind scattered along
+    the queue.
+
+    Returns (run, pairs with a margin, pairs that are not in the queue)."""
+    values = np.round(np.random.default_rng(3).normal(size=40), 1)
+    values[[4, 17, 30]] = 0.0
+    values[[5, 6]] = [0.7, -0.7]
+    dataset_id = store.add_dataset("queue", make_pairs(42, "q"))
+    _, _, foreign = annotated(store, [0.25], name="foreign")
+    run_id = store.start_run(dataset_id, store.add_direction(make_direction()), {"layer": 2})
+    every = [p.id for p in store.pairs_missing_margins(run_id)]
+    ids = every[1:-1]
+    store.add_margins(run_id, ids, values.tolist())
+    # Another run of the same pairs, with other margins: never read into this run's queue.
+    other = store.start_run(dataset_id, store.add_direction(make_direction(seed=1)), {})
+    store.add_margins(other, every, np.linspace(-5, 5, len(every)).tolist())
+    queue = store.review_queue(run_id)
+    for i in (0, 3, 39):
+        store.add_review(queue[i], "ann", "accept", run_id=run_id)
+    store.add_review(queue[3], "bob", "flip", run_id=run_id)
+    store.add_review(queue[7], "bob", "override", value=1.0, run_id=run_id)
+    store.add_review(queue[10], "cy", "accept", run_id=run_id)
+    store.add_review(queue[10], "cy", "withdraw", run_id=run_id)  # unreviewed again
+    store.add_review(queue[12], "dee", "flag", run_id=run_id)  # a flag is no verdict
+    store.add_review(foreign[0], "ann", "accept")
+    return run_id, ids, [every[0], every[-1], foreign[0], 10**9]
+
+
+def _expected_keys(store: Store, run_id: int, order: str, ids: list[int]) -> list[int]:
+    """The queue's order, worked out in Python from the margins (pair ids break ties)."""
+    value = store.run_frame(run_id).set_index("pair_id")["computed_margin"]
+    key = {
+        "disagreement": lambda p: (value[p], p),
+        "least_sure": lambda p: (abs(value[p]), p),
+        "index": lambda p: (store.get_pair(p).idx, p),
+    }[order]
+    return sorted(ids, key=key)
+
+
+@pytest.mark.parametrize("order", ["disagreement", "least_sure", "index"])
+def test_queue_step_agrees_with_the_listed_queue(store: Store, order: str) -> None:
+    """Store.queue_step reads the queue by keys; every answer must be the one the whole
+    list gives, for every pair, with ties, under every annotator's filter."""
+    from legend_core.app.queue import next_unreviewed
+
+    run_id, ids, outside = _queue_world(store)
+    full = store.review_queue(run_id, order)  # type: ignore[arg-type]
+    assert full == _expected_keys(store, run_id, order, ids)
+    for annotator in (None, "ann", "bob", "cy", "nobody"):
+        todo = store.review_queue(run_id, order, unreviewed_only=True, annotator=annotator)  # type: ignore[arg-type]
+        for current in [*full, None, *outside]:
+            here = current if current in full else full[0]
+            pos = full.index(here)
+            expected = QueueStep(
+                current=here,
+                position=pos,
+                size=len(full),
+                previous=full[pos - 1] if pos else None,
+                next=full[pos + 1] if pos + 1 < len(full) else None,
+                next_unreviewed=next_unreviewed(full, here, todo),
+            )
+            step = store.queue_step(run_id, order, current, annotator=annotator)  # type: ignore[arg-type]
+            assert step == expected, (annotator, current)
+    # The reviews make these cases real: a withdrawn verdict or a flag alone leave a pair
+    # unreviewed, and in disagreement order the last pair is reviewed (the walk wraps).
+    everyone = store.review_queue(run_id, order, unreviewed_only=True)  # type: ignore[arg-type]
+    assert len(everyone) == len(full) - 4
+    assert store.review_queue(run_id)[-1] not in everyone
+
+
+@pytest.mark.parametrize("order", ["disagreement", "least_sure", "index"])
+def test_review_queue_of_a_selection_reads_only_its_pairs(store: Store, order: str) -> None:
+    run_id, ids, outside = _queue_world(store)
+    rng = np.random.default_rng(5)
+    chosen = [int(p) for p in rng.choice(ids, size=15, replace=False)]
+    # Repeats, numpy integers, and pairs that are not in the queue are all fine.
+    selection = [*chosen, chosen[0], *outside, *np.array(chosen[:3])]
+    for unreviewed_only in (False, True):
+        for annotator in (None, "ann", "bob"):
+            whole = store.review_queue(
+                run_id,
+                order,  # type: ignore[arg-type]
+                unreviewed_only=unreviewed_only,
+                annotator=annotator,
+            )
+            got = store.review_queue(
+                run_id,
+                order,  # type: ignore[arg-type]
+                pair_ids=selection,
+                unreviewed_only=unreviewed_only,
+                annotator=annotator,
+            )
+            assert got == [p for p in whole if p in set(chosen)]
+    assert store.review_queue(run_id, order, pair_ids=[]) == []  # type: ignore[arg-type]
+
+
+def test_queue_step_at_the_edges(store: Store) -> None:
+    _, run_id, ids = annotated(store, [0.5, -1.0, 2.0])
+    queue = store.review_queue(run_id)
+    first = store.queue_step(run_id)
+    assert first == QueueStep(queue[0], 0, 3, None, queue[1], queue[1])
+    last = store.queue_step(run_id, current=queue[2])
+    assert (last.position, last.previous, last.next) == (2, queue[1], None)
+    assert last.next_unreviewed == queue[0]  # wraps around to the front
+    store.add_review(queue[0], "ann", "accept", run_id=run_id)
+    store.add_review(queue[1], "ann", "flip", run_id=run_id)
+    assert store.queue_step(run_id, current=queue[2]).next_unreviewed is None  # only itself
+    assert store.queue_step(run_id, current=queue[0]).next_unreviewed == queue[2]
+    store.add_review(queue[2], "ann", "override", value=1.0, run_id=run_id)
+    assert store.queue_step(run_id, current=queue[1]).next_unreviewed is None
+    assert store.queue_step(run_id, current=queue[1], annotator="bo").next_unreviewed == queue[2]
+    empty = store.start_run(store.add_dataset("empty", make_pairs(2, "e")), 1, {})
+    assert store.queue_step(empty) is None
+    with pytest.raises(ValueError, match="order"):
+        store.queue_step(run_id, "random")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        store.queue_step(run_id + 100)
+
+
+def test_queue_step_sees_another_annotators_review_at_once(store: Store) -> None:
+    """Two annotators on two connections: a step never skips or repeats a pair because of
+    what the other did in between (nothing is kept between steps)."""
+    _, run_id, ids = annotated(store, [0.1, 0.2, 0.3, 0.4])
+    queue = store.review_queue(run_id)
+    other = Store(store.url)
+    try:
+        assert store.queue_step(run_id, current=queue[0]).next_unreviewed == queue[1]
+        other.add_review(queue[1], "bob", "accept", run_id=run_id)
+        assert store.queue_step(run_id, current=queue[0]).next_unreviewed == queue[2]
+        # Under blind review, ann's next unreviewed pair is hers: bob's verdict is not hers.
+        step = store.queue_step(run_id, current=queue[0], annotator="ann")
+        assert step.next_unreviewed == queue[1]
+        other.add_review(queue[1], "bob", "withdraw", run_id=run_id)
+        assert store.queue_step(run_id, current=queue[0]).next_unreviewed == queue[1]
+        assert store.review_counts(run_id) == (0, 4)
+    finally:
+        other.close()
+
+
+def test_list_step_walks_a_selection_in_chunks(store: Store, monkeypatch) -> None:
+    """The page's listed queues (a selection, the disputed pairs): the same answers as the
+    whole list, with the reviews read in chunks of 2 then 4 pairs."""
+    from legend_core.app import queue as paging
+
+    monkeypatch.setattr(paging, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(paging, "MAX_CHUNK", 4)
+    run_id, ids, outside = _queue_world(store)
+    chosen = ids[::2]
+    memo: dict[str, object] = {}
+    listed = paging.ordered_queue(store, run_id, "least_sure", chosen, 40, memo)
+    assert listed == store.review_queue(run_id, "least_sure", pair_ids=chosen)
+    # A run still computing margins gains pairs: its number of margins is in the memo's key.
+    wider = [*chosen, outside[0]]
+    assert outside[0] not in paging.ordered_queue(store, run_id, "least_sure", wider, 40, memo)
+    store.add_margins(run_id, [outside[0]], [-0.05])
+    grown = paging.ordered_queue(store, run_id, "least_sure", wider, 41, memo)
+    assert outside[0] in grown
+    assert grown == store.review_queue(run_id, "least_sure", pair_ids=wider)
+    listed = paging.ordered_queue(store, run_id, "least_sure", chosen, 41, memo)
+    for annotator in (None, "ann", "bob"):
+        todo = store.review_queue(
+            run_id, pair_ids=chosen, unreviewed_only=True, annotator=annotator
+        )
+        for current in [*listed, None, outside[1]]:
+            here = current if current in listed else listed[0]
+            pos = listed.index(here)
+            step = paging.list_step(store, run_id, listed, current, annotator)
+            assert step == QueueStep(
+                here,
+                pos,
+                len(listed),
+                listed[pos - 1] if pos else None,
+                listed[pos + 1] if pos + 1 < len(listed) else None,
+                paging.next_unreviewed(listed, here, todo),
+            )
+    assert paging.list_step(store, run_id, [], None) is None
 
 
 # --- embedding cache ---------------------------------------------------------------------------

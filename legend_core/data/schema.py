@@ -106,6 +106,11 @@ class Pair(Base):
     rejected: Mapped[str] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     content_hash: Mapped[str] = mapped_column(String(64))
+    # util.text_key of (prompt, chosen) and (prompt, rejected), written at import (0006): a
+    # margin run finds its cached vectors without reading or hashing the texts. Nullable
+    # only because SQLite cannot add a NOT NULL column; the store fills any that is missing.
+    chosen_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    rejected_key: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
 
 
 class ContrastSet(Base):
@@ -180,7 +185,8 @@ class Margin(Base):
 
     __tablename__ = "margins"
     __table_args__ = (
-        # The review queue walks this index in order: ORDER BY value, pair_id.
+        # The review queue walks this index in order (ORDER BY value, pair_id) and seeks in
+        # it by key, a step at a time (data/store/keyset.py).
         Index("ix_margins_run_value", "run_id", "value", "pair_id"),
     )
 

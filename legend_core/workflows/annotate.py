@@ -23,7 +23,7 @@ from legend_core.method.pipeline import PairEncoder, check_compatible, check_vec
 from legend_core.util import text_key
 
 if TYPE_CHECKING:
-    from legend_core.data.store import PairText, Store
+    from legend_core.data.store import PairKeys, PairText, Store
     from legend_core.method.encode import Progress
     from legend_core.method.models import LoadedModel
     from legend_core.types import PreferencePair
@@ -63,9 +63,12 @@ def annotate_dataset(
     Two phases. First, every text not yet in the store's embedding cache (same model,
     weights, dtype and settings) is encoded and cached, chunk by chunk; a second direction
     on the same settings therefore runs no forward pass at all. Then margins are computed
-    from the cached vectors and committed in large chunks. A run killed in either phase
-    resumes where it stopped and ends with the margins an uninterrupted run gives, since
-    both use the same stored (float16) vectors.
+    from the cached vectors and committed in large chunks. (In practice one pass over the
+    cache projects every text it already holds first, and only what it lacks is encoded and
+    projected after: :func:`cached_margins`. The pairs are read as ids and stored text keys;
+    texts only for the pairs to encode.) A run killed in either phase resumes where it
+    stopped and ends with the margins an uninterrupted run gives, since both use the same
+    stored (float16) vectors.
 
     Args:
         store: The database.
@@ -100,42 +103,15 @@ def annotate_dataset(
         settings["crossfit"] = crossfit_settings(direction, len(folds_of))
     space = EmbeddingSpace.from_settings(settings)
     run_id = store.start_run(dataset_id, direction_id, settings)
-    missing = store.pairs_missing_margins(run_id)
-    chosen_keys = [text_key(p.prompt, p.chosen) for p in missing]
-    rejected_keys = [text_key(p.prompt, p.rejected) for p in missing]
-
-    keys = chosen_keys + rejected_keys
-    # A second round only re-encodes vectors the cache held from before it checked them.
-    for _round in range(2):
-        cached = store.cached_keys(space, keys)
-        todo = [
-            p
-            for p, kc, kr in zip(missing, chosen_keys, rejected_keys)
-            if kc not in cached or kr not in cached
-        ]
-        encode_into_cache(store, space, todo, engine, progress)
-
-        # One pass over the cache's blocks, keeping each text's projection, not its vector.
-        projected = store.project_embeddings(space, keys, direction.vector)
-        if not projected.refused:
-            break
-        store.forget_embeddings(space, projected.refused)
-    else:
-        raise ValueError(f"{len(projected.refused)} cached vectors stay refused after re-encoding")
-    if not projected.found.all():
-        raise RuntimeError(
-            f"{int((~projected.found).sum())} texts left the embedding cache during this run "
-            "(forgotten by another job); run it again to encode them"
-        )
-    n = len(missing)
-    values = projected.values[:n] - projected.values[n:]
+    missing = store.missing_margin_keys(run_id)
+    values = cached_margins(store, space, direction.vector, missing, engine, progress)
     if folds_of:
-        values = _crossfit(
-            store, space, direction, missing, chosen_keys, rejected_keys, folds_of, values
-        )
-    for lo in range(0, n, MARGIN_CHUNK):
-        hi = min(lo + MARGIN_CHUNK, n)
-        store.add_margins(run_id, [p.id for p in missing[lo:hi]], values[lo:hi].tolist())
+        values = _crossfit(store, space, direction, missing, folds_of, values)
+    for lo in range(0, len(missing), MARGIN_CHUNK):
+        hi = min(lo + MARGIN_CHUNK, len(missing))
+        ids, chunk = missing.ids[lo:hi], values[lo:hi].tolist()
+        # Planner statistics once, by finish_run, not once per chunk.
+        store.add_margins(run_id, ids, chunk, refresh_statistics=False)
     store.finish_run(run_id)
     return run_id
 
@@ -172,9 +148,7 @@ def _crossfit(
     store: Store,
     space: EmbeddingSpace,
     direction: Direction,
-    missing: Sequence[PairText],
-    chosen_keys: list[bytes],
-    rejected_keys: list[bytes],
+    missing: PairKeys,
     folds_of: dict[int, int],
     values: np.ndarray,
 ) -> np.ndarray:
@@ -182,16 +156,60 @@ def _crossfit(
     out = values.copy()
     vectors = fold_directions(direction.labels)
     for j in range(len(vectors)):
-        rows = [i for i, p in enumerate(missing) if folds_of.get(p.id) == j]
+        rows = [i for i, p in enumerate(missing.ids) if folds_of.get(p) == j]
         if not rows:
             continue
-        keys = [chosen_keys[i] for i in rows] + [rejected_keys[i] for i in rows]
+        keys = [missing.chosen[i] for i in rows] + [missing.rejected[i] for i in rows]
         projected = store.project_embeddings(space, keys, vectors[j])
         if projected.refused or not projected.found.all():
             raise RuntimeError("cached vectors changed during this run; run it again")
         m = len(rows)
         out[rows] = projected.values[:m] - projected.values[m:]
     return out
+
+
+def cached_margins(
+    store: Store,
+    space: EmbeddingSpace,
+    vector: np.ndarray,
+    pairs: PairKeys,
+    engine: PairEncoder,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The margins of ``pairs`` on ``vector`` from the cache, encoding what it lacks.
+
+    One pass over the cache projects every text it holds (its ``found`` mask says which);
+    only the pairs with a text it lacks, or holds a vector no forward pass gives (cached
+    before the cache checked its input: forgotten here), are read and encoded, and only
+    their lacking texts are projected again. A text's projection is the same bit for bit
+    in either pass (``Store.project_embeddings``), so margins equal a fresh run's.
+
+    Raises:
+        ValueError: A vector is refused again after it was encoded again.
+        RuntimeError: A text left the cache between its encoding and its projection
+            (forgotten by another job); running again encodes it.
+    """
+    n = len(pairs)
+    keys = pairs.chosen + pairs.rejected
+    projected = store.project_embeddings(space, keys, vector)
+    values = projected.values.copy()
+    if projected.refused:
+        store.forget_embeddings(space, projected.refused)
+    lacking = np.flatnonzero(~projected.found)  # refused ones are not found
+    # Texts are read only for the pairs to encode (both of a pair's: the engine takes pairs).
+    todo = [pairs.ids[i] for i in sorted({int(i) % n for i in lacking})]
+    encode_into_cache(store, space, store.pair_texts(todo), engine, progress)
+    if len(lacking):
+        again = store.project_embeddings(space, [keys[i] for i in lacking], vector)
+        if again.refused:
+            raise ValueError(f"{len(again.refused)} cached vectors stay refused after re-encoding")
+        if not again.found.all():
+            raise RuntimeError(
+                f"{int((~again.found).sum())} texts left the embedding cache during this run "
+                "(forgotten by another job); run it again to encode them"
+            )
+        values[lacking] = again.values
+    return values[:n] - values[n:]
 
 
 @dataclass(frozen=True)

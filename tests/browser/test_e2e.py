@@ -4,6 +4,7 @@ reviewer's override and flip. Screenshots of every page are saved for a human to
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -152,6 +153,13 @@ def test_demo_to_export_in_a_browser(server, page, shots, tmp_path):
     expect(page.get_by_text(f"4 of {n_selected}", exact=True)).to_be_visible()
     idle(page)
     shoot(page, shots / "07_review_after.png")
+    page.keyboard.press("u")  # Next unreviewed: nobody has reviewed the 5th pair
+    expect(page.get_by_text(f"5 of {n_selected}", exact=True)).to_be_visible()
+    idle(page)
+    # The whole run's queue (stepped through by the store, by keys) shows the same pair.
+    page.get_by_text("All pairs", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^\d+ of 52$"))).to_be_visible()
+    idle(page)
     reviews = {h.action: h for p in selection for h in store.pair_history(p)}
     assert set(reviews) == {"override", "flip", "flag"}
     assert reviews["flag"].note == "a flagged pun, oops"

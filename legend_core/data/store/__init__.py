@@ -19,8 +19,8 @@ The store is one class made of parts, a module each, all subclasses of
   CONFLICT DO NOTHING``), retries on lock contention, the schema upgrade;
 - ``records``: the plain records handed out;
 - ``datasets``, ``contrast_sets``, ``directions``, ``runs`` (margins and the run's frame),
-  ``reviews``, ``queue`` (the review order), ``cache`` (the embedding cache's methods) and
-  ``blocks`` (the cache's block format, reads and writes);
+  ``reviews``, ``queue`` (the review order; ``keyset`` reads it by keys), ``cache`` (the
+  embedding cache's methods) and ``blocks`` (the cache's block format, reads and writes);
 - ``verdicts``: what "reviewed" means in SQL.
 
 Nothing here imports torch: the store runs on a machine without the model.
@@ -48,8 +48,10 @@ from legend_core.data.store.records import (
     DatasetInfo,
     DirectionInfo,
     EmbeddingSpace,
+    PairKeys,
     PairRecord,
     PairText,
+    QueueStep,
     ReviewInfo,
     RunInfo,
 )
@@ -66,8 +68,10 @@ __all__ = [
     "DirectionInfo",
     "EmbeddingSpace",
     "NotFoundError",
+    "PairKeys",
     "PairRecord",
     "PairText",
+    "QueueStep",
     "ReviewInfo",
     "RunInfo",
     "Store",

@@ -23,7 +23,7 @@ from legend_core.data.store.engine import (
 from legend_core.data.store.records import DatasetInfo, PairRecord
 from legend_core.data.store.verdicts import _VERDICT, _current_verdict
 from legend_core.types import PreferencePair
-from legend_core.util import pair_hash
+from legend_core.util import pair_hash, pair_text_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +37,8 @@ def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]
             raise TypeError(f"pair {idx}: {field} must be a string")
     if not isinstance(pair.meta, dict):
         raise TypeError(f"pair {idx}: meta must be a dict")
+    # The cache keys of its two texts: a margin run reads these, not the texts.
+    chosen_key, rejected_key = pair_text_keys(pair.prompt, pair.chosen, pair.rejected)
     return {
         "dataset_id": dataset_id,
         "idx": idx,
@@ -45,6 +47,8 @@ def _pair_row(dataset_id: int, idx: int, pair: PreferencePair) -> dict[str, Any]
         "rejected": pair.rejected,
         "meta": json_safe(pair.meta),
         "content_hash": pair_hash(pair.prompt, pair.chosen, pair.rejected),
+        "chosen_key": chosen_key,
+        "rejected_key": rejected_key,
     }
 
 

@@ -1,6 +1,8 @@
 """The review queue: a run's pairs in review order, and how many are reviewed.
 
-The queue order lives here only (the Review page asks :meth:`QueueMixin.review_queue`).
+The queue order lives here and in :mod:`legend_core.data.store.keyset` (the same order,
+read by keys): :meth:`QueueMixin.review_queue` lists a queue, :meth:`QueueMixin.queue_step`
+answers where one pair stands in it without reading the rest.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from legend_core.data.schema import Margin, Pair
-from legend_core.data.store.engine import StoreBase
-from legend_core.data.store.verdicts import _has_verdict
+from legend_core.data.store import keyset
+from legend_core.data.store.engine import BULK_IN_CHUNK, StoreBase
+from legend_core.data.store.records import QueueStep
+from legend_core.data.store.verdicts import _VERDICT, _current_verdict, _has_verdict
+from legend_core.util import chunks
+
+Order = Literal["disagreement", "least_sure", "index"]
 
 
 class QueueMixin(StoreBase):
@@ -58,7 +65,7 @@ class QueueMixin(StoreBase):
     def review_queue(
         self,
         run_id: int,
-        order: Literal["disagreement", "least_sure", "index"] = "disagreement",
+        order: Order = "disagreement",
         pair_ids: Sequence[int] | None = None,
         unreviewed_only: bool = False,
         annotator: str | None = None,
@@ -75,22 +82,74 @@ class QueueMixin(StoreBase):
         current verdict on (a flag alone is no verdict).
         """
         with self._session() as s:
-            query = self._queue_query(s, run_id, order, unreviewed_only, annotator)
-            ids = list(s.scalars(query))
-        if pair_ids is not None:
-            wanted = set(pair_ids)
-            ids = [p for p in ids if p in wanted]
-        return ids
+            if pair_ids is None:
+                return list(
+                    s.scalars(self._queue_query(s, run_id, order, unreviewed_only, annotator))
+                )
+            # A selection: read its own rows only (looked up by pair id), then sort them
+            # by their keys, which sort exactly as the queue's ORDER BY.
+            walks = keyset.walks(order, self._run(s, run_id).dataset_id)
+            extra = (~self._reviewed(annotator),) if unreviewed_only else ()
+            found: list[keyset.Key] = []
+            for part in chunks(sorted({int(p) for p in pair_ids}), BULK_IN_CHUNK):
+                for walk in walks:
+                    found.extend(walk.keys_of(s, run_id, part, *extra))
+        return [pair_id for _, pair_id in sorted(found)]
+
+    def queue_step(
+        self,
+        run_id: int,
+        order: Order = "disagreement",
+        current: int | None = None,
+        annotator: str | None = None,
+    ) -> QueueStep | None:
+        """Where ``current`` stands in the run's whole queue (see
+        :class:`~legend_core.data.store.records.QueueStep`); None when the queue is empty.
+
+        The order of :meth:`review_queue`, read by keys (:mod:`~legend_core.data.store.keyset`):
+        a few one-row index reads, and two counts along the index (the position, which
+        reads the index up to ``current``, and the size); "next unreviewed" reads on past
+        the reviewed pairs after ``current``. Nothing is kept between calls: every answer
+        reads the reviews as they are now, whoever made them.
+        """
+        with self._session() as s:
+            walks = keyset.walks(order, self._run(s, run_id).dataset_id)
+            key = None if current is None else keyset.key_of(s, walks, run_id, current)
+            key = key or keyset.first(s, walks, run_id)
+            if key is None:
+                return None
+            unreviewed = ~self._reviewed(annotator)
+            todo = keyset.after(s, walks, run_id, key, unreviewed) or keyset.first(
+                s, walks, run_id, unreviewed
+            )
+            previous = keyset.before(s, walks, run_id, key)
+            following = keyset.after(s, walks, run_id, key)
+            return QueueStep(
+                current=key[1],
+                position=keyset.count(s, walks, run_id, key),
+                size=keyset.count(s, walks, run_id),
+                previous=None if previous is None else previous[1],
+                next=None if following is None else following[1],
+                next_unreviewed=None if todo is None or todo[1] == key[1] else todo[1],
+            )
 
     def review_counts(self, run_id: int, annotator: str | None = None) -> tuple[int, int]:
         """(reviewed, remaining) pairs among those with a computed margin in the run:
         reviewed means someone (``annotator``, if given) holds a current verdict on it."""
+        # Counted from the verdicts' side: they are far fewer than a run's pairs, and each
+        # reviewed pair id is one probe of the margins' primary key (run_id, pair_id),
+        # where asking every margin row for its verdicts read the whole run.
+        verdicts = select(_VERDICT.pair_id).where(_current_verdict(_VERDICT))
+        if annotator is not None:
+            verdicts = verdicts.where(_VERDICT.annotator == annotator)
         with self._session() as s:
             self._run(s, run_id)
             total = s.scalar(select(func.count()).where(Margin.run_id == run_id)) or 0
             reviewed = (
                 s.scalar(
-                    select(func.count()).where(Margin.run_id == run_id, self._reviewed(annotator))
+                    select(func.count()).where(
+                        Margin.run_id == run_id, Margin.pair_id.in_(verdicts)
+                    )
                 )
                 or 0
             )

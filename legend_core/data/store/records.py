@@ -118,6 +118,19 @@ class PairText:
 
 
 @dataclass(frozen=True)
+class PairKeys:
+    """Stored pairs as the embedding cache knows them: ids, in input order, and the cache
+    keys of their texts (``util.text_key`` of prompt and chosen, of prompt and rejected)."""
+
+    ids: list[int]
+    chosen: list[bytes]
+    rejected: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
 class PairRecord:
     """A stored pair with its data set and metadata."""
 
@@ -143,3 +156,22 @@ class ReviewInfo:
     note: str
     created_at: datetime
     direction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueStep:
+    """Where one pair stands in a review queue: what the Review page shows for it.
+
+    ``current`` is the pair asked for, or the queue's first pair when that one is not in the
+    queue; ``position`` counts from 0. ``previous`` and ``next`` are None at the ends.
+    ``next_unreviewed`` is the first pair after ``current`` (wrapping around to the front)
+    that nobody (the annotator asked about, if any) holds a current verdict on, never
+    ``current`` itself; None when there is none.
+    """
+
+    current: int
+    position: int
+    size: int
+    previous: int | None
+    next: int | None
+    next_unreviewed: int | None

@@ -6,26 +6,28 @@ import hashlib
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import Connection, Select, and_, exists, func, select
+from sqlalchemy.orm import Session
 
 from legend_core.data.schema import Dataset, DirectionRow, Margin, MarginRun, Pair, utcnow
 from legend_core.data.store.engine import (
     BIG_INSERT,
     BULK_IN_CHUNK,
-    INSERT_CHUNK,
     NotFoundError,
     StoreBase,
     _refresh_statistics,
     _retry,
     insert_or_skip,
+    insert_rows_or_skip,
 )
-from legend_core.data.store.records import PairText, RunInfo
+from legend_core.data.store.records import PairKeys, PairText, RunInfo
 from legend_core.data.store.reviews import _review_events
 from legend_core.review.policy import resolve
-from legend_core.util import chunks
+from legend_core.util import chunks, text_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +36,38 @@ if TYPE_CHECKING:
 def _settings_key(settings: Mapping[str, Any]) -> str:
     blob = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+#: ``add_margins`` reads the id range of its pairs when it holds at most this many ids per
+#: pair given (one statement), else looks the ids up in ``IN`` lists.
+DENSE_SPAN = 4
+
+
+def _strangers(conn: Connection, dataset_id: int, ids: Sequence[int]) -> list[int]:
+    """Those of ``ids`` (distinct) that are not pairs of the data set, sorted.
+
+    Only ids are constrained in SQL, so the database walks its primary key (a filter on
+    the data set let SQLite scan the data set's whole index, once per statement). Ids of
+    one import are consecutive: when every id of their range is a pair of the data set,
+    one aggregate says so and no row is read into Python.
+    """
+    if not ids:
+        return []
+    wanted = np.array(ids, dtype=np.int64)
+    lo, hi = int(wanted.min()), int(wanted.max())
+    member = select(Pair.id, Pair.dataset_id)
+    if hi - lo < DENSE_SPAN * len(ids):
+        in_range = Pair.id.between(lo, hi)
+        summary = select(func.count(), func.min(Pair.dataset_id), func.max(Pair.dataset_id))
+        n, first, last = conn.execute(summary.where(in_range)).one()
+        if n == hi - lo + 1 and first == last == dataset_id:
+            return []
+        parts = [member.where(in_range)]
+    else:
+        parts = [member.where(Pair.id.in_(c)) for c in chunks(sorted(ids), BULK_IN_CHUNK)]
+    rows = np.array([tuple(r) for q in parts for r in conn.execute(q)], dtype=np.int64)
+    ours = rows[rows[:, 1] == dataset_id, 0] if len(rows) else rows
+    return sorted(wanted[~np.isin(wanted, ours)].tolist())
 
 
 class RunsMixin(StoreBase):
@@ -76,18 +110,76 @@ class RunsMixin(StoreBase):
     def pairs_missing_margins(self, run_id: int, limit: int | None = None) -> list[PairText]:
         """Pairs of the run's data set that have no margin in it yet, in input order."""
         with self._session() as s:
-            run = self._run(s, run_id)
-            has_margin = exists().where(Margin.run_id == run_id, Margin.pair_id == Pair.id)
-            query = (
-                select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected)
-                .where(Pair.dataset_id == run.dataset_id, ~has_margin)
-                .order_by(Pair.idx)
-                .limit(limit)
-            )
-            return [PairText(*row) for row in s.execute(query)]
+            query = select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected)
+            query = self._missing(s, run_id, query).limit(limit)
+            # Core rows on the session's connection: no ORM row loading.
+            return [PairText(*row) for row in s.connection().execute(query)]
 
-    def add_margins(self, run_id: int, pair_ids: Sequence[int], values: Sequence[float]) -> None:
+    def missing_margin_keys(self, run_id: int) -> PairKeys:
+        """The pairs of :meth:`pairs_missing_margins`, as ids and the cache keys of their
+        texts (``util.text_key``, stored with each pair): no text is read or hashed."""
+        ids: list[int] = []
+        chosen: list[bytes | None] = []
+        rejected: list[bytes | None] = []
+        with self._session() as s:
+            query = select(Pair.id, Pair.chosen_key, Pair.rejected_key)
+            # Row by row into three lists: no row outlives its turn, so 100,000 of them
+            # never reach the garbage collector's old generation (a full pass each time).
+            for pair_id, chosen_key, rejected_key in s.connection().execute(
+                self._missing(s, run_id, query)
+            ):
+                ids.append(pair_id)
+                chosen.append(chosen_key)
+                rejected.append(rejected_key)
+        if None in chosen or None in rejected:  # not written by this store (see the schema)
+            unkeyed = [
+                i for i, (c, r) in enumerate(zip(chosen, rejected)) if c is None or r is None
+            ]
+            for i, pair in zip(unkeyed, self.pair_texts([ids[i] for i in unkeyed])):
+                chosen[i] = text_key(pair.prompt, pair.chosen)
+                rejected[i] = text_key(pair.prompt, pair.rejected)
+        return PairKeys(ids, [bytes(k) for k in chosen], [bytes(k) for k in rejected])
+
+    def _missing(self, s: Session, run_id: int, query: Select[Any]) -> Select[Any]:
+        run = self._run(s, run_id)
+        query = query.where(Pair.dataset_id == run.dataset_id).order_by(Pair.idx)
+        if s.scalar(select(Margin.pair_id).where(Margin.run_id == run_id).limit(1)) is None:
+            return query  # a new run: no margin to look up per pair
+        has_margin = exists().where(Margin.run_id == run_id, Margin.pair_id == Pair.id)
+        return query.where(~has_margin)
+
+    def pair_texts(self, pair_ids: Sequence[int]) -> list[PairText]:
+        """The texts of stored pairs, in the order asked.
+
+        Raises:
+            NotFoundError: A pair id is not stored.
+        """
+        ids = [int(p) for p in pair_ids]
+        found: dict[int, PairText] = {}
+        with self._session() as s:
+            conn = s.connection()
+            for chunk in chunks(sorted(set(ids)), BULK_IN_CHUNK):
+                query = select(Pair.id, Pair.idx, Pair.prompt, Pair.chosen, Pair.rejected)
+                for row in conn.execute(query.where(Pair.id.in_(chunk))):
+                    found[row[0]] = PairText(*row)
+        lost = [p for p in ids if p not in found]
+        if lost:
+            raise NotFoundError(f"no pairs {lost[:5]}")
+        return [found[p] for p in ids]
+
+    def add_margins(
+        self,
+        run_id: int,
+        pair_ids: Sequence[int],
+        values: Sequence[float],
+        refresh_statistics: bool = True,
+    ) -> None:
         """Store computed margins (one transaction); pairs that already have one keep it.
+
+        A large batch refreshes PostgreSQL's planner statistics (the review queue's plan
+        needs them); ``refresh_statistics=False`` leaves that to the caller, as
+        ``annotate_dataset`` does: its :meth:`finish_run` refreshes them once, not once per
+        chunk (a tenth of a second each on a table of millions of margins).
 
         Raises:
             ValueError: Lengths differ, a value is not finite, a pair id repeats, or a pair
@@ -97,7 +189,7 @@ class RunsMixin(StoreBase):
         vals = [float(v) for v in values]
         if len(ids) != len(vals):
             raise ValueError(f"{len(ids)} pair ids but {len(vals)} values")
-        if not all(math.isfinite(v) for v in vals):
+        if not all(map(math.isfinite, vals)):
             raise ValueError("margins must be finite numbers")
         if len(set(ids)) != len(ids):
             raise ValueError("a pair id appears twice")
@@ -105,30 +197,22 @@ class RunsMixin(StoreBase):
         def work() -> None:
             with self._session() as s, s.begin():
                 dataset_id = self._run(s, run_id).dataset_id
-                # Core statements on the session's connection: the ORM's per-row
-                # bookkeeping was half the time of a 100k-pair run (bench/margins_bench.py).
                 conn = s.connection()
-                for chunk in chunks(list(zip(ids, vals, strict=True)), BULK_IN_CHUNK):
-                    chunk_ids = [p for p, _ in chunk]
-                    found = set(
-                        conn.scalars(
-                            select(Pair.id).where(
-                                Pair.id.in_(chunk_ids), Pair.dataset_id == dataset_id
-                            )
-                        )
-                    )
-                    if len(found) != len(chunk_ids):
-                        bad = sorted(set(chunk_ids) - found)[:5]
-                        raise ValueError(f"pairs {bad} are not in run {run_id}'s data set")
-                rows = [{"run_id": run_id, "pair_id": p, "value": v} for p, v in zip(ids, vals)]
+                bad = _strangers(conn, dataset_id, ids)
+                if bad:
+                    raise ValueError(f"pairs {bad[:5]} are not in run {run_id}'s data set")
                 # A pair that already has a margin keeps it: another writer of the same run
                 # (a second process, a resumed job) computed it from the same vectors.
-                statement = insert_or_skip(conn, Margin.__table__)
-                for chunk_rows in chunks(rows, INSERT_CHUNK):
-                    conn.execute(statement, list(chunk_rows))
+                # Tuples to the driver: binding 100,000 dicts cost as much as the insert.
+                insert_rows_or_skip(
+                    conn,
+                    Margin.__table__,
+                    ("run_id", "pair_id", "value"),
+                    list(zip(repeat(int(run_id)), ids, vals)),
+                )
 
         _retry(work)
-        if len(ids) >= BIG_INSERT:
+        if refresh_statistics and len(ids) >= BIG_INSERT:
             _refresh_statistics(self.engine, ["margins"])
 
     def finish_run(self, run_id: int) -> None:
