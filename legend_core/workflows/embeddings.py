@@ -17,7 +17,7 @@ import numpy as np
 from legend_core.data.store import EmbeddingSpace
 from legend_core.method.margins import vector_problem
 from legend_core.method.pipeline import check_compatible, local_engine
-from legend_core.util import text_key
+from legend_core.util import pair_text_keys
 from legend_core.workflows.annotate import encode_into_cache, run_settings
 
 if TYPE_CHECKING:
@@ -85,8 +85,8 @@ def cached_pair_embeddings(
     if not direction.model_fingerprint:  # the space must name the weights
         direction = replace(direction, model_fingerprint=model().fingerprint)
     space = EmbeddingSpace.from_settings(run_settings(direction, model_dtype))
-    chosen_keys = [text_key(p.prompt, p.chosen) for p in pairs]
-    rejected_keys = [text_key(p.prompt, p.rejected) for p in pairs]
+    both = [pair_text_keys(p.prompt, p.chosen, p.rejected) for p in pairs]
+    chosen_keys, rejected_keys = [c for c, _ in both], [r for _, r in both]
     keys = chosen_keys + rejected_keys
 
     cached = store.get_embeddings(space, keys)
