@@ -119,12 +119,8 @@ def matmul_runner(shapes: list[tuple[int, int]], dtype: Any, rows: int, repeats:
 def run(quick: bool = False) -> dict[str, Any]:
     import inspect
 
-    from legend_core.method.encode import (
-        EncodeSettings,
-        default_batch_tokens,
-        encode_pairs,
-        tokenize,
-    )
+    from legend_core.method.encode import EncodeSettings, default_batch_tokens, tokenize
+    from legend_core.method.packing import encode_pairs
 
     print("== flops: the encoder against the machine's matrix-multiply rate ==")
     info = print_machine()
