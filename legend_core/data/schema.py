@@ -181,21 +181,35 @@ class MarginRun(Base):
 
 
 class Margin(Base):
-    """The computed margin of one pair in one run (relative to the imported chosen)."""
+    """The computed margin of one pair in one run (relative to the imported chosen).
+
+    Laid out so that a run's margins sit together (revision 0007): the primary key
+    ``(run_id, pair_id)`` is the table itself on SQLite (``WITHOUT ROWID``), and the only
+    other index is the queue's ``(run_id, value, pair_id)``. Nothing is ordered by pair
+    first, so writing a new run touches only that run's pages, however many runs the data
+    set has (an index on ``pair_id`` had every one of its pages rewritten by every run:
+    BENCHMARKS.md §3).
+
+    ``pair_id`` has no foreign key, on purpose: a margin's pair is a pair of its run's data
+    set (``Store.add_margins`` refuses any other, in the insert's transaction), so the
+    pair and the margin go together when the data set is deleted (``datasets`` ->
+    ``margin_runs`` -> ``margins`` cascade by run), and pairs are never deleted alone. A
+    foreign key would need the pair-first index above, or a scan of every margin per
+    deleted pair.
+    """
 
     __tablename__ = "margins"
     __table_args__ = (
         # The review queue walks this index in order (ORDER BY value, pair_id) and seeks in
         # it by key, a step at a time (data/store/keyset.py).
         Index("ix_margins_run_value", "run_id", "value", "pair_id"),
+        {"sqlite_with_rowid": False},
     )
 
     run_id: Mapped[int] = mapped_column(
         ForeignKey("margin_runs.id", ondelete="CASCADE"), primary_key=True
     )
-    pair_id: Mapped[int] = mapped_column(
-        ForeignKey("pairs.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    pair_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     value: Mapped[float] = mapped_column(Double)
 
 

@@ -26,8 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Column, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from legend_core.data.schema import Margin, Pair
 
@@ -35,6 +36,11 @@ from legend_core.data.schema import Margin, Pair
 Key = tuple[float, int]
 
 ORDERS = ("disagreement", "least_sure", "index")
+
+
+def _is_column(element: Any, column: Column[Any]) -> bool:
+    """Whether ``element`` is ``column`` (as the ORM's annotated copy, too)."""
+    return isinstance(element, Column) and column.shares_lineage(element)
 
 
 @dataclass(frozen=True)
@@ -70,19 +76,27 @@ class Walk:
     ) -> list[Key]:
         """Keys of the walk's rows among ``pair_ids`` that meet ``conditions``.
 
-        Each pair is looked up by ``ix_margins_pair_id`` (a few rows: one per run of the
-        pair), and the run and data set are checked here, not in SQL: with them in the
-        WHERE clause, SQLite, which keeps no statistics, reads the whole run's index (or
-        data set) and tests each row against the list."""
-        columns = [Margin.run_id, Margin.pair_id, self.column]
+        Each pair is one probe of the margins' primary key (run_id, pair_id). SQLite keeps
+        no statistics, so it must not be offered another index: the walk's conditions on
+        the margin (``value >= 0``) are tested on ``value + 0``, which no index holds (else
+        it reads the run's whole range of ``ix_margins_run_value``), and the data set is
+        checked here, not in SQL (else it may read the data set's whole index)."""
+        columns = [Margin.pair_id, self.column]
         query = select(*columns).select_from(Margin)
         if self.dataset_id is not None:
             query = query.join(Pair, Pair.id == Margin.pair_id).add_columns(Pair.dataset_id)
-        query = query.where(Margin.pair_id.in_(pair_ids), *self.where, *conditions)
+        value = Margin.__table__.c.value
+        unindexed = [
+            replacement_traverse(c, {}, lambda e: value + 0 if _is_column(e, value) else None)
+            for c in self.where
+        ]
+        query = query.where(
+            Margin.run_id == run_id, Margin.pair_id.in_(pair_ids), *unindexed, *conditions
+        )
         return [
-            self.key(row[1:3])
+            self.key(row[:2])
             for row in s.execute(query)
-            if row[0] == run_id and (self.dataset_id is None or row[3] == self.dataset_id)
+            if self.dataset_id is None or row[2] == self.dataset_id
         ]
 
     def after(self, key: Key) -> Any:
