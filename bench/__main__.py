@@ -19,6 +19,7 @@ BENCHMARKS = {
     "margins": "bench.margins_bench",
     "store": "bench.store_bench",
     "cache": "bench.cache_bench",
+    "layout": "bench.margins_layout",
     "maps": "bench.maps_bench",
     "flops": "bench.flops",
     "encoder": "bench.encoder",
