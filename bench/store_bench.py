@@ -11,7 +11,10 @@ a fresh interpreter so that its time and peak memory are its own:
    pair), timed many times, together and one by one, at the front, middle and end of the
    queue, in each order, for a selection of 10,000 pairs, and against listing the whole
    queue (what the page read at every step before ``queue_step``);
-4. **export**: ``export_dataset`` to JSONL and to Parquet (TRL-ready rows + manifest).
+4. **export**: ``export_dataset`` to JSONL and to Parquet (TRL-ready rows + manifest);
+5. **nearly all reviewed**: every pair reviewed but 10, then a review and a Review page
+   step at a time, against the same with the reviewed pairs counted from scratch and "next
+   unreviewed" read on through the queue (the code before ``data/store/reviewed.py``).
 
 Baselines, in the same run: the file parsed with ``json.loads`` and inserted with bare
 ``sqlite3.executemany`` into a table without indexes (the floor for an import), the bare
@@ -34,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from bench.common import (
     cpu_seconds,
     current_rss_mib,
@@ -48,6 +53,7 @@ from bench.common import (
 N_PAIRS = 100_000
 N_REVIEWS = 500
 QUERY_REPEATS = 200
+NEARLY_ALL_ROUNDS = 20
 
 WORDS = (
     "the a to of and in is it you that for on with how can i do what my be this are "
@@ -230,6 +236,8 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
         }
         con.close()
         return {"step": step, **out}
+    if step == "review_nearly_all":
+        return _nearly_all_reviewed(store, run_id, db)
     if step in ("export_jsonl", "export_parquet"):
         from legend_core.data.exports import export_dataset
 
@@ -260,6 +268,67 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
     raise SystemExit(f"unknown step {step}")
 
 
+def _nearly_all_reviewed(store: Any, run_id: int, db: str) -> dict[str, Any]:
+    """Every pair reviewed but 10 in the queue's middle (reviews written with bare sqlite3):
+    a Review page step, each after one more review, now and as before (the reviewed pairs
+    counted from scratch in SQL; "next unreviewed" found by reading on through the queue),
+    alternating."""
+    from legend_core.data.schema import Margin
+    from legend_core.data.store import queue as queue_module
+    from legend_core.data.store.verdicts import _VERDICT, _current_verdict
+
+    queue = store.review_queue(run_id)
+    start = len(queue) * 6 // 10
+    left = set(queue[start : start + 10])
+    con = sqlite3.connect(db)
+    stamp = con.execute("SELECT created_at FROM reviews LIMIT 1").fetchone()[0]
+    reviewed = {r[0] for r in con.execute("SELECT DISTINCT pair_id FROM reviews")}
+    con.executemany(
+        "INSERT INTO reviews (pair_id, annotator, action, note, created_at, run_id) "
+        "VALUES (?, 'bench', 'accept', '', ?, ?)",
+        [(p, stamp, run_id) for p in queue if p not in left and p not in reviewed],
+    )
+    con.commit()
+    con.close()
+    before, after = queue[start - 10], queue[start + 20]
+
+    def counted_afresh() -> tuple[int, int]:
+        verdicts = select(_VERDICT.pair_id).where(_current_verdict(_VERDICT))
+        with store.engine.connect() as conn:
+            total = conn.scalar(select(func.count()).where(Margin.run_id == run_id))
+            done = conn.scalar(
+                select(func.count()).where(Margin.run_id == run_id, Margin.pair_id.in_(verdicts))
+            )
+        return done, total - done
+
+    def now(current: int) -> Any:
+        store.add_review(current, "bench", "flag", run_id=run_id)
+        step = store.queue_step(run_id, "disagreement", current)
+        return step.next_unreviewed, store.review_counts(run_id)
+
+    def as_before(current: int) -> Any:
+        few, queue_module.FEW_UNREVIEWED = queue_module.FEW_UNREVIEWED, 0
+        try:
+            store.add_review(current, "bench", "flag", run_id=run_id)
+            step = store.queue_step(run_id, "disagreement", current)
+            return step.next_unreviewed, counted_afresh()
+        finally:
+            queue_module.FEW_UNREVIEWED = few
+
+    out: dict[str, Any] = {"reviewed": len(queue) - len(left), "left": len(left)}
+    for where, current in (("before_the_last_10", before), ("after_them_wrapping", after)):
+        assert now(current) == as_before(current)  # same answers, and the first full read
+        samples: dict[str, list[float]] = {"now": [], "before": []}
+        for round_ in range(NEARLY_ALL_ROUNDS):
+            for name in ("now", "before") if round_ % 2 == 0 else ("before", "now"):
+                fn = now if name == "now" else as_before
+                t = time.perf_counter()
+                fn(current)
+                samples[name].append(1000 * (time.perf_counter() - t))
+        out[where] = {name: statistics.median(v) for name, v in samples.items()}
+    return {"step": "review_nearly_all", **out}
+
+
 def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
     print("== store: 100,000 pairs in the database ==")
     info = print_machine()
@@ -282,6 +351,7 @@ def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
             "export_jsonl",
             "export_parquet",
             "baseline_export",
+            "review_nearly_all",
         ):
             steps[step] = in_subprocess("bench.store_bench", "--worker", step, db, str(path))
             shown = steps[step].get("seconds")
@@ -356,6 +426,21 @@ def run(quick: bool = False, pairs: int | None = None) -> dict[str, Any]:
     ]
     print(f"review queue ({rev['reviews']} reviewed at its front):")
     print(table(qrows, ["query", "median ms", "p95 ms", "max ms", "calls"]))
+    nearly = steps["review_nearly_all"]
+    print(
+        f"a review, then a Review page step, with {nearly['reviewed']:,} pairs reviewed and "
+        f"{nearly['left']} left (median of {NEARLY_ALL_ROUNDS} each, alternating):"
+    )
+    nrows = [
+        [
+            where.replace("_", " "),
+            fmt(nearly[where]["now"]),
+            fmt(nearly[where]["before"]),
+            fmt(nearly[where]["before"] / nearly[where]["now"]),
+        ]
+        for where in ("before_the_last_10", "after_them_wrapping")
+    ]
+    print(table(nrows, ["shown pair", "now ms", "as before ms", "before / now"]))
     result = {
         "machine": info,
         "pairs": n,

@@ -14,7 +14,8 @@ if url=$(scripts/postgres.sh start "$pg_dir"); then
   echo "storage tests on PostgreSQL ($url)"
   LEGEND_TEST_PG_URL=$url python -m pytest -q tests/test_store.py tests/test_exports.py\
     tests/test_concurrency.py tests/test_review_agreement.py tests/test_cache_integrity.py\
-    tests/test_block_cache.py tests/test_pair_keys.py tests/test_margins_layout.py
+    tests/test_block_cache.py tests/test_pair_keys.py tests/test_margins_layout.py\
+    tests/test_reviewed_pairs.py
 else
   echo "PostgreSQL could not be started here: storage tests ran on SQLite only" >&2
   [ -n "${CI:-}" ] && exit 1

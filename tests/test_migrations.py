@@ -43,6 +43,7 @@ def test_migrations_ship_inside_the_package() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD
     assert [r.revision for r in script.walk_revisions()] == [
+        "0008",
         "0007",
         "0006",
         "0005",

@@ -641,11 +641,18 @@ def _expected_keys(store: Store, run_id: int, order: str, ids: list[int]) -> lis
     return sorted(ids, key=key)
 
 
+@pytest.mark.parametrize("few", [0, 2_000], ids=["read-on", "among-the-unreviewed"])
 @pytest.mark.parametrize("order", ["disagreement", "least_sure", "index"])
-def test_queue_step_agrees_with_the_listed_queue(store: Store, order: str) -> None:
+def test_queue_step_agrees_with_the_listed_queue(
+    store: Store, order: str, few: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Store.queue_step reads the queue by keys; every answer must be the one the whole
-    list gives, for every pair, with ties, under every annotator's filter."""
+    list gives, for every pair, with ties, under every annotator's filter; "next
+    unreviewed" both ways (reading on through the queue, or among the few unreviewed)."""
+    from legend_core.data.store import queue
     from tests.queue_reference import next_unreviewed
+
+    monkeypatch.setattr(queue, "FEW_UNREVIEWED", few)
 
     run_id, ids, outside = _queue_world(store)
     full = store.review_queue(run_id, order)  # type: ignore[arg-type]

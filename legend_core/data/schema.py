@@ -229,6 +229,9 @@ class Review(Base):
             name="ck_reviews_action",
         ),
         Index("ix_reviews_pair", "pair_id", "id"),
+        # Ids are never handed out twice (revision 0008): data/store/reviewed.py reads the
+        # reviews after the last id it saw.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 
 #: The newest revision; ``Store`` upgrades every database to it.
-HEAD = "0007"
+HEAD = "0008"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:
