@@ -168,7 +168,8 @@ def review_pane() -> None:
         return
     current, pos = here.current, here.position
     st.session_state["review_current"] = current
-    reviewed, remaining = s.review_counts(run.id, annotator=seen_by)
+    # Read with the step when stepping the whole run (one look at the reviews for both).
+    reviewed, remaining = here.counts or s.review_counts(run.id, annotator=seen_by)
     total = max(1, reviewed + remaining)
     by = " by you" if seen_by is not None else ""
     st.progress(reviewed / total, text=f"{reviewed:,} reviewed{by} · {remaining:,} remaining")

@@ -186,9 +186,10 @@ def worker(step: str, db: str, path: str) -> dict[str, Any]:
         middle, last = queue[len(queue) // 2], queue[-1]
 
         def page_step(current: int = frontier, annotator: str | None = None) -> None:
-            # What app_pages/review.py reads for the queue at each pair it shows (whole run).
-            store.queue_step(run_id, "disagreement", current, annotator=annotator)
-            store.review_counts(run_id, annotator=annotator)
+            # What app_pages/review.py reads for the queue at each pair it shows (whole run):
+            # the step, with the counts read with it.
+            step = store.queue_step(run_id, "disagreement", current, annotator=annotator)
+            assert step.counts is not None
 
         def pane_reads() -> None:
             # The step and everything else the pane reads about the pair it shows.
@@ -274,7 +275,7 @@ def _nearly_all_reviewed(store: Any, run_id: int, db: str) -> dict[str, Any]:
     counted from scratch in SQL; "next unreviewed" found by reading on through the queue),
     alternating."""
     from legend_core.data.schema import Margin
-    from legend_core.data.store import queue as queue_module
+    from legend_core.data.store.reviewed import Reviewed
     from legend_core.data.store.verdicts import _VERDICT, _current_verdict
 
     queue = store.review_queue(run_id)
@@ -304,16 +305,25 @@ def _nearly_all_reviewed(store: Any, run_id: int, db: str) -> dict[str, Any]:
     def now(current: int) -> Any:
         store.add_review(current, "bench", "flag", run_id=run_id)
         step = store.queue_step(run_id, "disagreement", current)
-        return step.next_unreviewed, store.review_counts(run_id)
+        return step.next_unreviewed, step.counts
+
+    class NothingKept:
+        """The code before: nothing kept, so "next unreviewed" reads on through the queue."""
+
+        def look(self, s: Any, run_id: int, annotator: Any = None, at_most: Any = None) -> Any:
+            return Reviewed(0, 0, None)
 
     def as_before(current: int) -> Any:
-        few, queue_module.FEW_UNREVIEWED = queue_module.FEW_UNREVIEWED, 0
+        kept = store.__dict__.get("_reviewed_pairs_tracker")
+        store.__dict__["_reviewed_pairs_tracker"] = NothingKept()
         try:
             store.add_review(current, "bench", "flag", run_id=run_id)
             step = store.queue_step(run_id, "disagreement", current)
             return step.next_unreviewed, counted_afresh()
         finally:
-            queue_module.FEW_UNREVIEWED = few
+            store.__dict__.pop("_reviewed_pairs_tracker")
+            if kept is not None:
+                store.__dict__["_reviewed_pairs_tracker"] = kept
 
     out: dict[str, Any] = {"reviewed": len(queue) - len(left), "left": len(left)}
     for where, current in (("before_the_last_10", before), ("after_them_wrapping", after)):

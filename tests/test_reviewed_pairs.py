@@ -140,21 +140,42 @@ def test_a_run_still_being_computed_is_counted_as_it_grows(url: str) -> None:
         assert store.review_counts(run_id) == (2, 28)
 
 
-def test_next_unreviewed_among_the_few_left_sees_other_writers(url: str) -> None:
+def test_next_unreviewed_among_the_few_left_sees_other_writers(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legend_core.data.store.reviewed import ReviewedPairs
+
+    asked: list[int] = []
+    look = ReviewedPairs.look
+
+    def spy(self, s, run_id, annotator=None, at_most=None):  # type: ignore[no-untyped-def]
+        now = look(self, s, run_id, annotator, at_most)
+        if at_most is not None and now.unreviewed is not None:  # queue_step's look
+            asked.append(run_id)
+        return now
+
+    monkeypatch.setattr(ReviewedPairs, "look", spy)
     with Store(url) as one, Store(url) as two:
         _, run_id, ids = annotated(one, "a", 10)
         queue = one.review_queue(run_id)
+
+        def next_unreviewed(current: int) -> int | None:
+            step = one.queue_step(run_id, current=current)
+            assert step.counts == one.review_counts(run_id)
+            return step.next_unreviewed
+
         for p in queue[:-2]:
             two.add_review(p, "ann", "accept", run_id=run_id)
-        assert one.queue_step(run_id, current=queue[0]).next_unreviewed == queue[-2]
+        assert next_unreviewed(queue[0]) == queue[-2]
         two.add_review(queue[-2], "bob", "accept", run_id=run_id)
-        assert one.queue_step(run_id, current=queue[0]).next_unreviewed == queue[-1]
+        assert next_unreviewed(queue[0]) == queue[-1]
         two.add_review(queue[-2], "bob", "withdraw", run_id=run_id)
-        assert one.queue_step(run_id, current=queue[-1]).next_unreviewed == queue[-2]
+        assert next_unreviewed(queue[-1]) == queue[-2]
         two.add_review(queue[-1], "cy", "accept", run_id=run_id)
         two.add_review(queue[-2], "cy", "accept", run_id=run_id)
-        assert one.queue_step(run_id, current=queue[0]).next_unreviewed is None
+        assert next_unreviewed(queue[0]) is None
         assert one.review_counts(run_id) == (10, 0)
+    assert len(asked) == 4  # every step found "next unreviewed" among the pairs left
 
 
 def test_review_ids_are_not_reused_after_the_upgrade(tmp_path: Path) -> None:

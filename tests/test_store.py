@@ -659,6 +659,7 @@ def test_queue_step_agrees_with_the_listed_queue(
     assert full == _expected_keys(store, run_id, order, ids)
     for annotator in (None, "ann", "bob", "cy", "nobody"):
         todo = store.review_queue(run_id, order, unreviewed_only=True, annotator=annotator)  # type: ignore[arg-type]
+        assert store.review_counts(run_id, annotator) == (len(full) - len(todo), len(todo))
         for current in [*full, None, *outside]:
             here = current if current in full else full[0]
             pos = full.index(here)
@@ -672,6 +673,7 @@ def test_queue_step_agrees_with_the_listed_queue(
             )
             step = store.queue_step(run_id, order, current, annotator=annotator)  # type: ignore[arg-type]
             assert step == expected, (annotator, current)
+            assert step.counts == (len(full) - len(todo), len(todo))
     # The reviews make these cases real: a withdrawn verdict or a flag alone leave a pair
     # unreviewed, and in disagreement order the last pair is reviewed (the walk wraps).
     everyone = store.review_queue(run_id, order, unreviewed_only=True)  # type: ignore[arg-type]

@@ -126,7 +126,8 @@ class QueueMixin(StoreBase):
             key = key or keyset.first(s, walks, run_id)
             if key is None:
                 return None
-            todo = self._next_unreviewed(s, walks, run_id, key, annotator)
+            now = self._reviewed_pairs().look(s, run_id, annotator, at_most=FEW_UNREVIEWED)
+            todo = self._next_unreviewed(s, walks, run_id, key, annotator, now.unreviewed)
             previous = keyset.before(s, walks, run_id, key)
             following = keyset.after(s, walks, run_id, key)
             return QueueStep(
@@ -136,6 +137,7 @@ class QueueMixin(StoreBase):
                 previous=None if previous is None else previous[1],
                 next=None if following is None else following[1],
                 next_unreviewed=None if todo is None or todo[1] == key[1] else todo[1],
+                counts=(now.reviewed, now.remaining),
             )
 
     def _next_unreviewed(
@@ -145,13 +147,14 @@ class QueueMixin(StoreBase):
         run_id: int,
         key: keyset.Key,
         annotator: str | None,
+        left: list[int] | None,
     ) -> keyset.Key | None:
         """The first unreviewed pair after ``key``, else the first one, else None.
 
-        With few pairs left unreviewed, their keys are read and compared here; with many,
-        the queue is read on from ``key`` (it meets one soon). Reading on past tens of
-        thousands of reviewed pairs, each asked for its verdicts, took 325 ms."""
-        left = self._reviewed_pairs().unreviewed(s, run_id, annotator, at_most=FEW_UNREVIEWED)
+        With few pairs ``left`` unreviewed (their ids given), their keys are read and
+        compared here; with many (None), the queue is read on from ``key``, and it meets
+        one soon. Reading on past tens of thousands of reviewed pairs, each asked for its
+        verdicts, took 325 ms."""
         if left is None:
             unreviewed = ~self._reviewed(annotator)
             return keyset.after(s, walks, run_id, key, unreviewed) or keyset.first(
@@ -168,7 +171,8 @@ class QueueMixin(StoreBase):
         # counting in SQL reads every review, 174 ms once 100,000 pairs are reviewed.
         with self._session() as s:
             self._run(s, run_id)
-            return self._reviewed_pairs().counts(s, run_id, annotator)
+            now = self._reviewed_pairs().look(s, run_id, annotator)
+        return now.reviewed, now.remaining
 
     def _reviewed_pairs(self) -> ReviewedPairs:
         """This store's :class:`ReviewedPairs` (made on first use)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -175,3 +175,6 @@ class QueueStep:
     previous: int | None
     next: int | None
     next_unreviewed: int | None
+    #: (reviewed, remaining) in the run, as :meth:`Store.review_counts` gives them, read
+    #: with the step (one look at the reviews for both); None for a listed queue's step.
+    counts: tuple[int, int] | None = field(default=None, compare=False)

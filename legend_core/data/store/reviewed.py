@@ -58,6 +58,16 @@ class _Snapshot:
         return len(self.pair_ids), int(self.pair_ids.sum())
 
 
+@dataclass(frozen=True)
+class Reviewed:
+    """A run's pairs as reviewed now: how many hold a verdict and how many remain, and,
+    when asked and few enough, which remain."""
+
+    reviewed: int
+    remaining: int
+    unreviewed: list[int] | None
+
+
 def _last_review(s: Session) -> int:
     return int(s.scalar(select(func.coalesce(func.max(Review.id), 0))) or 0)
 
@@ -150,21 +160,17 @@ class ReviewedPairs:
                 self._snapshots.popitem(last=False)
             return snap
 
-    def counts(self, s: Session, run_id: int, annotator: str | None = None) -> tuple[int, int]:
-        """(reviewed, remaining) pairs among those with a margin in the run."""
-        snap = self._snapshot(s, run_id, annotator)
-        done = int(snap.reviewed.sum())
-        return done, len(snap.pair_ids) - done
-
-    def unreviewed(
+    def look(
         self, s: Session, run_id: int, annotator: str | None = None, at_most: int | None = None
-    ) -> list[int] | None:
-        """The run's pairs no one (``annotator``, if given) holds a current verdict on; None
-        when there are more than ``at_most``."""
+    ) -> Reviewed:
+        """The run's reviewed and remaining pairs now (someone's verdict, or
+        ``annotator``'s), and the remaining pairs' ids unless there are more than
+        ``at_most``."""
         snap = self._snapshot(s, run_id, annotator)
-        if at_most is not None and int((~snap.reviewed).sum()) > at_most:
-            return None
-        return snap.pair_ids[~snap.reviewed].tolist()
+        left = ~snap.reviewed
+        n_left = int(left.sum())
+        ids = None if at_most is not None and n_left > at_most else snap.pair_ids[left].tolist()
+        return Reviewed(len(snap.pair_ids) - n_left, n_left, ids)
 
     def forget(self) -> None:
         """Drop every snapshot (the next use reads from scratch)."""
