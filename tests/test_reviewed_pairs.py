@@ -242,3 +242,46 @@ def test_a_run_id_given_again_to_a_run_of_another_data_set_is_noticed(url: str) 
         assert store.review_counts(new_run_id) == (0, 12)
         step = store.queue_step(new_run_id, current=store.review_queue(new_run_id)[0])
         assert step.next_unreviewed in ids_b
+
+
+def test_threads_sharing_one_store_end_with_the_right_counts(url: str) -> None:
+    """The app's sessions share one store: threads stepping and counting while another
+    writes reviews never fail, and the counts after equal a fresh count."""
+    import threading
+
+    with Store(url) as store:
+        _, run_id, ids = annotated(store, "a", 60)
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def write() -> None:
+            rng = np.random.default_rng(2)
+            try:
+                for p in rng.permutation(ids)[:50]:
+                    store.add_review(int(p), str(rng.choice(ANNOTATORS[1:])), "accept")
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        def read(annotator: str | None) -> None:
+            try:
+                while not done.is_set():
+                    step = store.queue_step(run_id, annotator=annotator)
+                    assert step is not None and sum(step.counts or (0, 0)) == 60
+                    store.review_counts(run_id, annotator)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write)] + [
+            threading.Thread(target=read, args=(a,)) for a in ANNOTATORS
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert errors == []
+        check(store, run_id)
+        assert store.review_counts(run_id)[1] == len(
+            store.review_queue(run_id, unreviewed_only=True)
+        )

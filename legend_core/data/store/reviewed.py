@@ -18,8 +18,8 @@ ids and which of them hold a current verdict, and brings them up to date on each
 A review committed between two of these reads is caught by the next use (its id is above
 the last one seen, or it changes the count below it), so every answer is as fresh as its
 first read, like the plain SQL count. Nothing is trusted from another process: all of it
-is checked against the database on every use. A store keeps the most recently used few,
-behind a lock (the app shares one store between its sessions' threads).
+is checked against the database on every use. A store keeps the most recently used few;
+the app shares one store between its sessions' threads, which read at the same time.
 """
 
 from __future__ import annotations
@@ -147,18 +147,22 @@ class ReviewedPairs:
         self._snapshots: OrderedDict[tuple[int, str | None], _Snapshot] = OrderedDict()
 
     def _snapshot(self, s: Session, run_id: int, annotator: str | None) -> _Snapshot:
+        # The lock guards the dict only: the reads run outside it, so sessions stepping at
+        # once never wait on each other. Snapshots are never changed once made; should an
+        # older one be stored after a newer, the next use reads on from it.
         key = (run_id, annotator)
         with self._lock:
             snap = self._snapshots.get(key)
-            if snap is not None:
-                snap = _update(s, snap, run_id, annotator)
-            if snap is None:
-                snap = _read(s, run_id, annotator)
+        if snap is not None:
+            snap = _update(s, snap, run_id, annotator)
+        if snap is None:
+            snap = _read(s, run_id, annotator)
+        with self._lock:
             self._snapshots[key] = snap
             self._snapshots.move_to_end(key)
             while len(self._snapshots) > self._kept:
                 self._snapshots.popitem(last=False)
-            return snap
+        return snap
 
     def look(
         self, s: Session, run_id: int, annotator: str | None = None, at_most: int | None = None
