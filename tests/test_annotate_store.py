@@ -150,3 +150,45 @@ def test_killed_process_resumes(tmp_path, tiny_model_dir, tiny_lm):
     expected = clean.run_frame(clean_run).sort_values("idx")["computed_margin"].to_numpy()
     assert len(resumed) == 800
     np.testing.assert_array_equal(resumed, expected)
+
+
+def test_a_second_process_skips_the_chunks_another_one_cached(stored, tiny_lm, monkeypatch):
+    """Two processes annotating the same texts share the forward passes: each chunk first
+    drops the pairs another process cached meanwhile (simulated here: while our first chunk
+    is being encoded, "another process" caches the second half of the data set)."""
+    from legend_core.data.store import EmbeddingSpace
+    from legend_core.workflows import annotate as module
+
+    store, dataset_id, first, _ = stored
+    direction = store.get_direction(first)
+    space = EmbeddingSpace.from_settings(module.run_settings(direction, tiny_lm.dtype_name))
+    pairs = synthetic_pairs(300)
+    theirs = {(p.prompt, p.chosen) for p in pairs[150:]}
+    parts: list[list[tuple[str, str]]] = []
+    real = module.local_engine
+
+    def local_engine(lm, direction, chunk_size, **options):
+        inner = real(lm, direction, chunk_size, **options)
+
+        def run(part):
+            parts.append([(p.prompt, p.chosen) for p in part])
+            if len(parts) == 1:  # meanwhile, the other process
+                module.encode_into_cache(store, space, pairs[150:], real(lm, direction, 50))
+            yield from inner(part)
+
+        return run
+
+    monkeypatch.setattr(module, "local_engine", local_engine)
+    seen: list[tuple[int, int]] = []
+    run_id = annotate_dataset(
+        store, tiny_lm, dataset_id, first, chunk_size=32, progress=lambda d, t: seen.append((d, t))
+    )
+    ours = [p for part in parts for p in part]
+    assert len(ours) == len(set(ours))  # nothing encoded twice by us
+    first_chunk = set(parts[0])
+    assert set(ours) == first_chunk | ({(p.prompt, p.chosen) for p in pairs} - theirs)
+    assert len(ours) < 300 - 100  # most of the other half was skipped
+    assert all(len(part) <= 32 for part in parts)
+    assert seen[-1] == (300, 300) and seen == sorted(seen)
+    frame = store.run_frame(run_id)
+    assert frame["computed_margin"].notna().all() and len(frame) == 300

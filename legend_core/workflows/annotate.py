@@ -10,6 +10,7 @@ pairs) is ``method.pipeline``; this half needs the store, hence the workflows la
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from legend_core.data.store import EmbeddingSpace
 from legend_core.method.crossfit import fold_directions, pair_folds
 from legend_core.method.directions import Direction
 from legend_core.method.pipeline import PairEncoder, check_compatible, check_vectors, local_engine
-from legend_core.util import text_key
+from legend_core.util import chunks, pair_text_keys, text_key
 
 if TYPE_CHECKING:
     from legend_core.data.store import PairKeys, PairText, Store
@@ -86,6 +87,8 @@ def annotate_dataset(
         The margin run's id.
     """
     direction = store.get_direction(direction_id)
+    # This process's chunks can be shared with another process on the same texts.
+    shared_chunk = chunk_size if engine is None else None
     if engine is None:
         if lm is None:
             raise ValueError("annotate_dataset needs a model or an engine")
@@ -104,7 +107,7 @@ def annotate_dataset(
     space = EmbeddingSpace.from_settings(settings)
     run_id = store.start_run(dataset_id, direction_id, settings)
     missing = store.missing_margin_keys(run_id)
-    values = cached_margins(store, space, direction.vector, missing, engine, progress)
+    values = cached_margins(store, space, direction.vector, missing, engine, progress, shared_chunk)
     if folds_of:
         values = _crossfit(store, space, direction, missing, folds_of, values)
     for lo in range(0, len(missing), MARGIN_CHUNK):
@@ -175,8 +178,10 @@ def cached_margins(
     pairs: PairKeys,
     engine: PairEncoder,
     progress: Progress | None = None,
+    shared_chunk: int | None = None,
 ) -> np.ndarray:
-    """The margins of ``pairs`` on ``vector`` from the cache, encoding what it lacks.
+    """The margins of ``pairs`` on ``vector`` from the cache, encoding what it lacks
+    (``shared_chunk``: see :func:`encode_into_cache`).
 
     One pass over the cache projects every text it holds (its ``found`` mask says which);
     only the pairs with a text it lacks, or holds a vector no forward pass gives (cached
@@ -198,7 +203,7 @@ def cached_margins(
     lacking = np.flatnonzero(~projected.found)  # refused ones are not found
     # Texts are read only for the pairs to encode (both of a pair's: the engine takes pairs).
     todo = [pairs.ids[i] for i in sorted({int(i) % n for i in lacking})]
-    encode_into_cache(store, space, store.pair_texts(todo), engine, progress)
+    encode_into_cache(store, space, store.pair_texts(todo), engine, progress, shared_chunk)
     if len(lacking):
         again = store.project_embeddings(space, [keys[i] for i in lacking], vector)
         if again.refused:
@@ -225,23 +230,51 @@ def encode_into_cache(
     pairs: Sequence[PairText] | Sequence[PreferencePair],
     engine: PairEncoder,
     progress: Progress | None = None,
+    shared_chunk: int | None = None,
 ) -> None:
     """Run ``engine``'s forward passes over ``pairs`` and cache both responses' vectors in
     ``space``, a batch at a time (an interrupted run keeps the batches it finished).
 
+    With ``shared_chunk`` (the local engine's chunk size), the pairs go to the engine one
+    such chunk at a time, in an order of this process's own, and each chunk first drops
+    the pairs whose two texts another process has cached meanwhile: two processes
+    annotating the same texts share the forward passes instead of both running all of
+    them. The chunks are the ones the engine would have made, so a process alone computes
+    what it computed before.
+
     Raises:
         ValueError: A hidden state no correct forward pass yields (``check_vectors``).
     """
-    done = 0
+    done, total = 0, len(pairs)
     if progress:
-        progress(0, len(pairs))
-    for batch, chosen, rejected in engine(pairs):
-        check_vectors(batch, chosen, rejected)
-        fresh: dict[bytes, np.ndarray] = {}
-        for p, c, r in zip(batch, chosen, rejected):
-            fresh[text_key(p.prompt, p.chosen)] = c
-            fresh[text_key(p.prompt, p.rejected)] = r
-        store.put_embeddings(space, fresh)
-        done += len(batch)
-        if progress:
-            progress(done, len(pairs))
+        progress(0, total)
+    parts: list[Sequence[Any]] = [pairs]
+    if shared_chunk is not None and total > shared_chunk:
+        parts = list(chunks(pairs, shared_chunk))
+        random.Random().shuffle(parts)  # another process most likely starts elsewhere
+    for part in parts:
+        if len(parts) > 1:
+            part, skipped = _still_uncached(store, space, part)
+            done += skipped
+            if progress and skipped:
+                progress(done, total)
+        for batch, chosen, rejected in engine(part) if part else ():
+            check_vectors(batch, chosen, rejected)
+            fresh: dict[bytes, np.ndarray] = {}
+            for p, c, r in zip(batch, chosen, rejected):
+                fresh[text_key(p.prompt, p.chosen)] = c
+                fresh[text_key(p.prompt, p.rejected)] = r
+            store.put_embeddings(space, fresh)
+            done += len(batch)
+            if progress:
+                progress(done, total)
+
+
+def _still_uncached(
+    store: Store, space: EmbeddingSpace, pairs: Sequence[Any]
+) -> tuple[list[Any], int]:
+    """The pairs with a text not cached (yet), and how many were dropped."""
+    keys = [pair_text_keys(p.prompt, p.chosen, p.rejected) for p in pairs]
+    cached = store.cached_keys(space, [k for both in keys for k in both])
+    todo = [p for p, (c, r) in zip(pairs, keys) if c not in cached or r not in cached]
+    return todo, len(pairs) - len(todo)

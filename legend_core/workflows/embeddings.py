@@ -101,9 +101,8 @@ def cached_pair_embeddings(
         if kc not in cached or kr not in cached
     ]
     if todo:
-        encode_into_cache(
-            store, space, todo, local_engine(model(), direction, chunk_size), progress
-        )
+        engine = local_engine(model(), direction, chunk_size)
+        encode_into_cache(store, space, todo, engine, progress, shared_chunk=chunk_size)
         cached = store.get_embeddings(space, keys)
     lost = [key for key in keys if key not in cached]
     if lost:
