@@ -1,4 +1,4 @@
-"""Every name the benchmarks, scripts, pages and tests import from the library exists.
+"""Every name the benchmarks, scripts, app pages and tests import from the library exists.
 
 The benchmarks and scripts run outside the test suite (``make bench``, evaluations), so a
 module split can break them unseen: ``bench/flops.py`` imported ``encode_pairs`` from
@@ -70,13 +70,16 @@ def missing_imports(path: Path) -> list[str]:
 
 
 def checked_files() -> list[Path]:
-    folders = ("bench", "scripts", "pages", "tests", PACKAGE)
+    folders = ("bench", "scripts", "app_pages", "tests", PACKAGE)
     files = [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
     return files + [ROOT / "app.py"]
 
 
 def test_every_library_import_outside_the_library_resolves() -> None:
-    problems = [p for path in checked_files() for p in missing_imports(path)]
+    files = checked_files()
+    assert all(path.is_file() for path in files)
+    assert {path.parent.name for path in files} >= {"bench", "scripts", "app_pages", "tests"}
+    problems = [p for path in files for p in missing_imports(path)]
     assert problems == []
 
 
