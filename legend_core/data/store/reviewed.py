@@ -175,8 +175,3 @@ class ReviewedPairs:
         n_left = int(left.sum())
         ids = None if at_most is not None and n_left > at_most else snap.pair_ids[left].tolist()
         return Reviewed(len(snap.pair_ids) - n_left, n_left, ids)
-
-    def forget(self) -> None:
-        """Drop every snapshot (the next use reads from scratch)."""
-        with self._lock:
-            self._snapshots.clear()
